@@ -1,0 +1,13 @@
+"""autoprune: automated channel pruning of CNNs.
+
+Find how many channels each layer group keeps under a FLOPs budget, make the
+model physically smaller, fine-tune it, and export the per-layer rates.
+"""
+
+__version__ = "0.1.0"
+
+from .checkpoints import load_model, load_pruned, save_pruned  # noqa: E402
+from .errors import AutopruneError  # noqa: E402
+from .policy import Policy, apply  # noqa: E402
+
+__all__ = ["AutopruneError", "Policy", "apply", "load_model", "load_pruned", "save_pruned", "__version__"]

@@ -1,0 +1,134 @@
+"""What each CLI command does, in terms of library calls (argparse namespaces in, exit codes out)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ._device import resolve_device
+from ._table import format_table
+from .checkpoints import PRETRAINED, load_model, load_pruned, save_pruned
+from .errors import AutopruneError
+from .models import create, get_model_info, list_models
+from .policy import Policy, apply
+from .pruning import space_for
+
+
+def _need_arch(args: argparse.Namespace) -> str:
+    if not args.arch:
+        raise AutopruneError("--arch is required (see `autoprune models`).")
+    get_model_info(args.arch)  # unknown names fail here, with suggestions
+    return args.arch
+
+
+def _mega(n: float) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def run_models(args: argparse.Namespace) -> int:
+    rows = []
+    for name in list_models(args.pattern):
+        info = get_model_info(name)
+        rows.append((name, info.dataset, "x".join(map(str, info.input_size[1:])), info.space or "(auto)",
+                     f"{PRETRAINED[name].top1:.2f}%" if name in PRETRAINED else "-"))
+    print(format_table(["arch", "dataset", "input", "space", "pretrained top-1"], rows))
+    return 0
+
+
+def run_flops(args: argparse.Namespace) -> int:
+    arch = _need_arch(args)
+    policy = Policy.load(args.policy) if args.policy else None
+    model = create(arch, num_classes=policy.num_classes if policy else args.num_classes).eval()
+    space = space_for(model, arch, policy.space if policy else args.space)
+    base = space.base
+    print(f"{arch}: {_mega(base.macs)} MACs, {_mega(base.params)} params; space {space.name!r}: "
+          f"{len(space.searchable)} of {len(space.groups)} groups searchable, keep ratio in {list(space.spec.bounds)}")
+    if policy is None:
+        rows = [(g.name, g.kind, g.channels, g.kernel, g.stride, g.fmap) for g in space.searchable]
+        print(format_table(["group", "kind", "channels", "kernel", "stride", "fmap"], rows))
+        return 0
+    policy.validate(space)
+    rows = [(n, g.channels, len(policy.channels[n]), f"{len(policy.channels[n]) / g.channels:.3f}")
+            for n, g in zip(space.names, space.searchable)]
+    print(format_table(["group", "channels", "kept", "ratio"], rows))
+    print(f"pruned: {_mega(policy.macs)} MACs ({policy.macs_fraction:.2%}), {_mega(policy.params)} params ({policy.params_fraction:.2%})")
+    return 0
+
+
+def _load_data(args: argparse.Namespace, mean: tuple[float, ...], std: tuple[float, ...], recal_batches: int):
+    from .data import load_dataset, make_splits
+    from .evaluate import Evaluator
+
+    dataset = load_dataset(args.data_dir, name=args.dataset)
+    splits = make_splits(len(dataset.train_labels), holdout=args.holdout)
+    device = resolve_device(args.device)
+    return dataset, Evaluator(dataset, splits, mean=mean, std=std, device=device,
+                              batch_size=getattr(args, "batch_size", 500), recal_batches=recal_batches)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if args.recal_batches < 0:
+        raise AutopruneError(f"--recal-batches must be at least 0, but got {args.recal_batches}.")
+    if args.arch is None:
+        if args.checkpoint == "pretrained":
+            raise AutopruneError("Give --arch (and optionally --checkpoint), or --checkpoint FILE of a pruned model.")
+        model, policy = load_pruned(args.checkpoint)
+        arch = policy.arch
+    else:
+        arch = _need_arch(args)
+        policy = Policy.load(args.policy) if args.policy else None
+        model, sha = load_model(arch, args.checkpoint, num_classes=policy.num_classes if policy else None)
+        if policy is not None:
+            policy.validate(space_for(model, arch, policy.space), checkpoint=sha)
+            model = apply(model, policy)
+    info = get_model_info(arch)
+    dataset, evaluator = _load_data(args, info.mean, info.std, args.recal_batches)
+    expected = model.get_submodule(info.classifier).out_features
+    if expected != dataset.num_classes:
+        raise AutopruneError(f"The model has {expected} outputs but {dataset.name} has {dataset.num_classes} classes.")
+    model = evaluator.prepare(model)
+    rows = []
+    stages = [("no", None)] + ([(f"{args.recal_batches} batches", evaluator.recalibrate)] if args.recal_batches else [])
+    for label, step in stages:
+        if step is not None:
+            step(model)
+        h, t = evaluator.holdout(model, progress="holdout"), evaluator.test(model, progress="test")
+        rows.append((label, f"{100 * h.top1:.2f}", f"{100 * h.top5:.2f}", f"{100 * t.top1:.2f}", f"{100 * t.top5:.2f}"))
+    what = f"{arch} pruned to {policy.macs_fraction:.1%} MACs" if policy else arch
+    print(f"{what} on {dataset.source} ({evaluator.holdout_loader.num_samples} holdout, "
+          f"{evaluator.test_loader.num_samples} test images, device {evaluator.device})")
+    print(format_table(["BN recalibration", "holdout top-1 %", "holdout top-5 %", "test top-1 %", "test top-5 %"], rows))
+    return 0
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from .prune import prune
+
+    arch = _need_arch(args)
+    out = Path(args.out)
+    if (out / "policy.json").exists() and not args.overwrite:
+        raise AutopruneError(f"{out} already holds a policy.json; choose another --out or pass --overwrite.")
+    model, sha = load_model(arch, args.checkpoint)
+    batches, dataset_name = None, args.dataset
+    if args.criterion == "taylor":
+        if not args.data_dir:
+            raise AutopruneError("--criterion taylor needs training data: pass --data-dir.")
+        info = get_model_info(arch)
+        dataset, evaluator = _load_data(args, info.mean, info.std, recal_batches=4)
+        dataset_name = dataset.name
+        model = evaluator.prepare(model)
+        batches = list(evaluator.recal_loader)
+    policy, pruned = prune(model, arch, args.target_flops, method=args.method, criterion=args.criterion,
+                           space=args.space, dataset=dataset_name, checkpoint=sha, batches=batches, seed=args.seed)
+    pruned = pruned.cpu()
+    policy.save(out / "policy.json")
+    save_pruned(out / "model.pt", pruned, policy)
+    ratios = np.array(list(policy.ratios.values()))
+    print(f"{arch} -> {_mega(policy.macs)} MACs ({policy.macs_fraction:.2%} of {_mega(policy.base_macs)}), "
+          f"{_mega(policy.params)} params ({policy.params_fraction:.2%}); {args.method} / {args.criterion}, "
+          f"keep ratios {ratios.min():.2f}..{ratios.max():.2f} over {len(ratios)} groups")
+    print(f"wrote {out / 'policy.json'} and {out / 'model.pt'}")
+    print(f"evaluate: autoprune eval --checkpoint {out / 'model.pt'} --data-dir DATA --recal-batches 20")
+    return 0

@@ -1,0 +1,194 @@
+"""Checkpoints: the registry of pretrained weights, safe loading, and pruned-model files.
+
+Every load goes through ``torch.load(..., weights_only=True)``: a checkpoint
+is data, never code. A pruned model is saved as its policy (plain JSON-like
+data) plus a state dict, and rebuilt by replaying the policy on the zoo
+architecture, so loading it needs no pickled classes either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._io import atomic_open, save_torch
+from .errors import CheckpointError, unknown_name
+from .models import create
+from .policy import Policy, apply
+
+__all__ = [
+    "PretrainedWeights", "PRETRAINED", "cache_dir", "file_sha256", "read_state_dict",
+    "load_checkpoint", "pretrained_path", "load_model", "save_pruned", "load_pruned",
+]
+
+PRUNED_FORMAT = "autoprune-pruned-v1"
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """A published checkpoint: where to get it and how to recognise it."""
+
+    arch: str
+    dataset: str
+    url: str
+    sha256: str
+    top1: float  # % on the dataset's test split, as measured by `autoprune eval`
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+_AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
+PRETRAINED: dict[str, PretrainedWeights] = {
+    w.arch: w for w in [
+        PretrainedWeights("resnet20", "cifar10", _AKAMASTER + "resnet20-12fca82f.th",
+                          "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8", 91.73),
+        PretrainedWeights("resnet32", "cifar10", _AKAMASTER + "resnet32-d509ac18.th",
+                          "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850", 92.63),
+        PretrainedWeights("resnet44", "cifar10", _AKAMASTER + "resnet44-014dd654.th",
+                          "014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4", 93.10),
+        PretrainedWeights("resnet56", "cifar10", _AKAMASTER + "resnet56-4bfd9763.th",
+                          "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367", 93.39),
+    ]
+}
+
+
+def cache_dir() -> Path:
+    """Where downloads go: ``$AUTOPRUNE_CACHE`` or ``~/.cache/autoprune``."""
+    return Path(os.environ.get("AUTOPRUNE_CACHE", Path.home() / ".cache" / "autoprune"))
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The state dict in a checkpoint file (plain, or under 'state_dict'/'model'), 'module.' prefixes removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
+        raise CheckpointError(f"Checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}). "
+                              "Is the file complete and a torch checkpoint?") from e
+    if isinstance(obj, dict) and obj.get("format") == PRUNED_FORMAT:
+        raise CheckpointError(f"{path} is a pruned model written by autoprune: load it with load_pruned() "
+                              "(on the command line: give --checkpoint without --arch).")
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"Checkpoint {path} holds no state dict of tensors.")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], arch: str) -> str:
+    """Load ``path`` into ``model``; return the file's sha256.
+
+    A file named like ``resnet56-4bfd9763.th`` must hash to that prefix (the
+    convention of published checkpoints), which catches truncated downloads.
+    """
+    path = Path(path)
+    digest = file_sha256(path) if path.is_file() else ""
+    stated = re.search(r"-([0-9a-f]{8,64})\.[A-Za-z]+$", path.name)
+    if stated and not digest.startswith(stated.group(1)):
+        raise CheckpointError(f"Checkpoint {path} is corrupt: its sha256 starts {digest[:8]}, its name says {stated.group(1)[:8]}.")
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+        parts = [f"missing keys: {few(missing)}" if missing else "",
+                 f"unexpected keys: {few(unexpected)}" if unexpected else "",
+                 f"shape mismatches: {few([f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in shapes])}" if shapes else ""]
+        raise CheckpointError(f"Checkpoint {path} does not fit {arch} ({'; '.join(p for p in parts if p)}). "
+                              "Is it a checkpoint of another architecture or number of classes?")
+    model.load_state_dict(state)
+    return digest
+
+
+def pretrained_path(arch: str, *, download: bool = True) -> Path:
+    """The registered pretrained checkpoint of ``arch`` in the cache, downloaded if missing."""
+    if arch not in PRETRAINED:
+        raise unknown_name("pretrained architecture", arch, PRETRAINED)
+    weights = PRETRAINED[arch]
+    path = cache_dir() / "checkpoints" / weights.filename
+    if path.is_file():
+        return path
+    hint = f"Download {weights.url} (sha256 {weights.sha256[:16]}...) to {path}, or pass --checkpoint PATH."
+    if not download:
+        raise CheckpointError(f"No pretrained {arch} checkpoint in the cache. {hint}")
+    try:
+        with urllib.request.urlopen(weights.url, timeout=30) as response, atomic_open(path) as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            h = hashlib.sha256()
+            with tqdm(total=total or None, unit="B", unit_scale=True, desc=weights.filename) as bar:
+                for chunk in iter(lambda: response.read(1 << 16), b""):
+                    out.write(chunk)
+                    h.update(chunk)
+                    bar.update(len(chunk))
+            if h.hexdigest() != weights.sha256:
+                raise CheckpointError(f"Downloaded {weights.url} has sha256 {h.hexdigest()[:16]}..., expected {weights.sha256[:16]}.... {hint}")
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise CheckpointError(f"Could not download the pretrained {arch} checkpoint ({e}). {hint}") from e
+    return path
+
+
+def load_model(arch: str, checkpoint: str | os.PathLike[str] | None, *, num_classes: int | None = None,
+               download: bool = True) -> tuple[nn.Module, str | None]:
+    """Build ``arch`` and load weights: a path, "pretrained" (the registry), or None (random init).
+
+    Returns the model in eval mode and the checkpoint's sha256 (None for random init).
+    """
+    model = create(arch, num_classes=num_classes)
+    if checkpoint is None:
+        return model.eval(), None
+    path = pretrained_path(arch, download=download) if str(checkpoint) == "pretrained" else Path(checkpoint)
+    return model.eval(), load_checkpoint(model, path, arch)
+
+
+def save_pruned(path: str | os.PathLike[str], model: nn.Module, policy: Policy) -> None:
+    """Save a pruned model as policy + state dict (atomic; loads with :func:`load_pruned`)."""
+    save_torch(path, {"format": PRUNED_FORMAT, "policy": policy.to_dict(), "state_dict": model.state_dict()})
+
+
+def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[nn.Module, Policy]:
+    """Rebuild a model saved by :func:`save_pruned`: replay its policy on the zoo architecture, load weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Pruned checkpoint {path} does not exist.")
+    try:
+        obj: Any = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"Pruned checkpoint {path} cannot be read ({type(e).__name__}). Is the file complete?") from e
+    if not isinstance(obj, dict) or obj.get("format") != PRUNED_FORMAT:
+        raise CheckpointError(f"{path} is not a pruned autoprune checkpoint (format {PRUNED_FORMAT}).")
+    policy = Policy.from_dict(obj["policy"], source=str(path))
+    base = create(policy.arch, num_classes=policy.num_classes)
+    model = apply(base, policy)
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"Pruned checkpoint {path}: weights do not fit its policy ({str(e).splitlines()[0]}).") from e
+    return model.eval().to(map_location), policy

@@ -1,0 +1,100 @@
+"""The `autoprune` command line. Thin: it parses arguments; `_commands` calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .errors import AutopruneError
+
+__all__ = ["build_parser", "main"]
+
+EPILOG = """examples:
+  autoprune models
+  autoprune flops --arch resnet56
+  autoprune eval --arch resnet56 --checkpoint resnet56-4bfd9763.th --data-dir data/cifar10
+  autoprune prune --arch resnet56 --checkpoint resnet56-4bfd9763.th --target-flops 0.5 --out runs/r56-u50
+  autoprune eval --checkpoint runs/r56-u50/model.pt --data-dir data/cifar10 --recal-batches 20
+"""
+
+
+def _add_model_args(p: argparse.ArgumentParser, *, checkpoint: bool = True) -> None:
+    p.add_argument("--arch", help="architecture name (see `autoprune models`)")
+    p.add_argument("--space", default=None,
+                   help="prunable space: a name from the arch's search_spaces YAML (e.g. inner, full) or a YAML path; default: the arch's default")
+    if checkpoint:
+        p.add_argument("--checkpoint", default="pretrained",
+                       help="weights: a checkpoint file, or 'pretrained' for the registered weights (downloaded to "
+                            "$AUTOPRUNE_CACHE, default ~/.cache/autoprune); default: pretrained")
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--data-dir", required=required,
+                   help="dataset folder: CIFAR python pickles (cifar-10-batches-py) or train/ and test/ class folders")
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"], help="which CIFAR when reading pickles")
+    p.add_argument("--holdout", type=int, default=5000, help="training images held out for validation (default 5000)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="autoprune", description="Automated channel pruning of CNNs: search per-layer keep ratios under a "
+        "FLOPs budget, prune physically, fine-tune, export.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"autoprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the architectures of the model zoo")
+    p.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. 'resnet*'")
+
+    p = sub.add_parser("flops", help="MACs and params of an architecture, or of a policy")
+    _add_model_args(p, checkpoint=False)
+    p.add_argument("--policy", help="a policy.json: report its pruned cost per group")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier width (default: 10 for CIFAR models)")
+
+    p = sub.add_parser("eval", help="top-1/top-5 accuracy on the holdout and test splits",
+                       description="Evaluate a model: a zoo arch with a checkpoint (optionally pruned by --policy), or a "
+                       "pruned model file written by `autoprune prune` (give --checkpoint without --arch).")
+    _add_model_args(p)
+    p.add_argument("--policy", help="prune the model with this policy.json before evaluating")
+    p.add_argument("--recal-batches", type=int, default=0,
+                   help="also report accuracy after re-estimating BatchNorm statistics on N training batches (default 0: off)")
+    p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size (default 500)")
+    _add_data_args(p, required=True)
+
+    p = sub.add_parser("prune", help="prune to a FLOPs target, uniformly or by a global threshold",
+                       description="Prune a pretrained model to a MACs budget without search: one keep ratio everywhere "
+                       "(uniform) or one threshold on a channel criterion across all groups (global). Writes "
+                       "policy.json and model.pt (the physically pruned model) into --out.")
+    _add_model_args(p)
+    p.add_argument("--target-flops", required=True,
+                   help="fraction of the original MACs kept, 0 < F < 1 (e.g. 0.5), or an absolute count like 60M")
+    p.add_argument("--method", default="uniform", help="uniform or global (default uniform)")
+    p.add_argument("--criterion", default="l1", help="channel selection: l1, l2, bn-gamma, random, taylor (default l1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a policy already in --out")
+    _add_data_args(p, required=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from . import _commands as commands
+
+        return getattr(commands, f"run_{args.command}")(args)
+    except AutopruneError as e:
+        print(f"autoprune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"autoprune {args.command}: interrupted; files already written are complete.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
+

@@ -1,0 +1,60 @@
+"""The exceptions autoprune raises: one root, one subclass per kind of bad input.
+
+The CLI catches :class:`AutopruneError` and prints its message, so every
+message must say what was wrong, the offending value, and how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "AutopruneError",
+    "UnknownNameError",
+    "DataError",
+    "CheckpointError",
+    "PolicyError",
+    "BudgetError",
+    "DependencyNotInstalled",
+    "unknown_name",
+]
+
+
+class AutopruneError(Exception):
+    """Root of every error autoprune raises on purpose."""
+
+
+class UnknownNameError(AutopruneError, KeyError):
+    """Raised when an architecture, criterion, space or preset name is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DataError(AutopruneError):
+    """Raised when a dataset is missing, of an unknown layout, corrupt or cannot be downloaded."""
+
+
+class CheckpointError(AutopruneError):
+    """Raised when a checkpoint is corrupt, fails its hash, or belongs to another architecture."""
+
+
+class PolicyError(AutopruneError):
+    """Raised when a policy file is malformed or does not match the model it names."""
+
+
+class BudgetError(AutopruneError):
+    """Raised when a FLOPs/params target is outside (0, 1) or unreachable within the space's bounds."""
+
+
+class DependencyNotInstalled(AutopruneError, ImportError):
+    """Raised when an optional dependency is needed; the message names the extra to install."""
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str]) -> UnknownNameError:
+    """Build the error for a misspelt name, with a "Did you mean" hint and the known names."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return UnknownNameError(f"Unknown {kind} {name!r}.{hint} Known: {', '.join(known)}.")

@@ -1,0 +1,136 @@
+"""The evaluator: one protocol to judge every pruned model the same way.
+
+Pruning shifts the statistics each BatchNorm sees, so a freshly pruned model
+is judged after *adaptive BN*: running statistics re-estimated on a few
+training batches (a cumulative average, in train mode, without gradients).
+Accuracy is then measured on the holdout split (a fixed part of the training
+set never used for fine-tuning) inside searches, and on the test split once,
+at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import Dataset, DeviceLoader, Splits
+
+__all__ = ["Accuracy", "evaluate", "recalibrate_bn", "Evaluator"]
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Top-1/top-5 accuracy as fractions in [0, 1], over ``samples`` images."""
+
+    top1: float
+    top5: float
+    samples: int
+
+
+def _autocast(device: torch.device):  # noqa: ANN202
+    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Batches, *, progress: str | None = None) -> Accuracy:
+    """Top-1/top-5 of ``model`` (in eval mode) over ``batches``; counts are accumulated on the device."""
+    model.eval()
+    correct1 = correct5 = None
+    samples = 0
+    for x, y in tqdm(batches, desc=progress, leave=False, disable=progress is None):
+        with _autocast(x.device):
+            logits = model(x)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hit = top == y[:, None]
+        c1, c5 = hit[:, 0].sum(), hit.any(dim=1).sum()
+        correct1 = c1 if correct1 is None else correct1 + c1
+        correct5 = c5 if correct5 is None else correct5 + c5
+        samples += y.shape[0]
+    if samples == 0:
+        return Accuracy(0.0, 0.0, 0)
+    return Accuracy(correct1.item() / samples, correct5.item() / samples, samples)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Batches) -> int:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` (adaptive BN).
+
+    Statistics are reset and accumulated as a cumulative average (momentum
+    None), so the result does not depend on the old values or on the order of
+    batches. Only BN layers switch to train mode. Returns the batches used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    used = 0
+    try:
+        for x, _ in batches:
+            with _autocast(x.device):
+                model(x)
+            used += 1
+    finally:
+        for m, (momentum, training) in zip(bns, saved):
+            m.momentum = momentum
+            m.train(training)
+        model.eval()
+    return used
+
+
+class Evaluator:
+    """Holdout and test accuracy of models on one dataset, with optional adaptive BN.
+
+    Args:
+        dataset: the decoded dataset.
+        splits: which training images are the holdout (never trained on).
+        mean, std: the input normalisation the model expects.
+        device: where the data lives and the models run.
+        batch_size: evaluation batch size.
+        recal_batches: training batches used to recalibrate BN (0: none).
+        recal_batch_size: their size.
+        seed: fixes which training images recalibrate BN, so every policy sees the same ones.
+    """
+
+    def __init__(self, dataset: Dataset, splits: Splits, *, mean: tuple[float, ...], std: tuple[float, ...],
+                 device: torch.device | str = "cpu", batch_size: int = 500, recal_batches: int = 0,
+                 recal_batch_size: int = 100, seed: int = 0) -> None:
+        self.device = torch.device(device)
+        channels_last = self.device.type == "cuda"
+        common = dict(mean=mean, std=std, device=self.device, channels_last=channels_last)
+        self.holdout_loader = DeviceLoader(dataset.train_images[splits.holdout], dataset.train_labels[splits.holdout],
+                                           batch_size=batch_size, **common)
+        self.test_loader = DeviceLoader(dataset.test_images, dataset.test_labels, batch_size=batch_size, **common)
+        self.recal_batches = recal_batches
+        if recal_batches > 0:
+            g = torch.Generator().manual_seed(seed)
+            pick = splits.train[torch.randperm(len(splits.train), generator=g)[: recal_batches * recal_batch_size]]
+            self.recal_loader = DeviceLoader(dataset.train_images[pick], dataset.train_labels[pick],
+                                             batch_size=recal_batch_size, **common)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Move ``model`` to the device (channels-last on CUDA) in eval mode."""
+        model = model.to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        return model.eval()
+
+    def recalibrate(self, model: nn.Module) -> None:
+        """Adaptive BN on the configured training batches (a no-op when ``recal_batches`` is 0)."""
+        if self.recal_batches > 0:
+            recalibrate_bn(model, self.recal_loader)
+
+    def holdout(self, model: nn.Module, progress: str | None = None) -> Accuracy:
+        return evaluate(model, self.holdout_loader, progress=progress)
+
+    def test(self, model: nn.Module, progress: str | None = None) -> Accuracy:
+        return evaluate(model, self.test_loader, progress=progress)

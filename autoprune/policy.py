@@ -1,0 +1,172 @@
+"""The Policy: the artefact every part of autoprune exchanges.
+
+A policy says, for one architecture and checkpoint, how many and which
+channels each searchable group keeps, what that costs, how well it did and
+where it came from. It is plain JSON with a schema version, and it replays on
+the original model: :func:`apply` rebuilds the pruned network from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import MISSING, asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from . import __version__
+from ._io import write_json
+from .errors import PolicyError
+from .pruning import PrunableSpace, space_for
+
+__all__ = ["Policy", "SCHEMA_VERSION", "apply", "make_policy"]
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Policy:
+    """Per-group keep ratios and kept channels of one pruned model, with its provenance.
+
+    Attributes:
+        arch: zoo name of the unpruned architecture.
+        dataset: the dataset the checkpoint was trained on (e.g. "cifar10").
+        num_classes: classifier width.
+        checkpoint: sha256 of the checkpoint the channels were chosen on (None: random init).
+        space: name of the prunable space the groups come from.
+        ratios: keep ratio per searchable group, as the agent asked for it.
+        channels: kept channel indices per searchable group (sorted), after rounding and selection.
+        criterion: the channel-selection criterion that chose ``channels``.
+        target: the budget, e.g. ``{"metric": "macs", "fraction": 0.5}`` (None: unconstrained).
+        macs, params: cost of the pruned model; ``base_macs``/``base_params`` of the unpruned one.
+        accuracy: measured accuracies by split, e.g. ``{"holdout": 0.71, "test": 0.80}``.
+        provenance: who made it (agent, seed, autoprune version, time).
+    """
+
+    arch: str
+    dataset: str
+    num_classes: int
+    checkpoint: str | None
+    space: str
+    ratios: dict[str, float]
+    channels: dict[str, list[int]]
+    criterion: str
+    macs: int
+    params: int
+    base_macs: int
+    base_params: int
+    target: dict[str, Any] | None = None
+    accuracy: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def macs_fraction(self) -> float:
+        return self.macs / self.base_macs
+
+    @property
+    def params_fraction(self) -> float:
+        return self.params / self.base_params
+
+    # -- JSON ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "policy") -> Policy:
+        """Parse and check the shape of a policy dict (not yet against a model: see :meth:`validate`)."""
+        if not isinstance(data, dict):
+            raise PolicyError(f"{source}: a policy must be a JSON object, but got {type(data).__name__}.")
+        schema = data.get("schema")
+        if schema != SCHEMA_VERSION:
+            raise PolicyError(f"{source}: schema version {schema!r} is not supported (this autoprune reads {SCHEMA_VERSION}).")
+        names = set(cls.__dataclass_fields__)
+        missing = sorted(n for n, f in cls.__dataclass_fields__.items()
+                         if n not in data and f.default is MISSING and f.default_factory is MISSING)
+        unknown = sorted(set(data) - names)
+        if missing or unknown:
+            raise PolicyError(f"{source}: missing fields {missing}, unknown fields {unknown}.")
+        try:
+            channels = {str(k): [int(i) for i in v] for k, v in data["channels"].items()}
+            ratios = {str(k): float(v) for k, v in data["ratios"].items()}
+        except (AttributeError, TypeError, ValueError) as e:
+            raise PolicyError(f"{source}: 'channels' must map group names to lists of ints and 'ratios' to numbers ({e}).") from e
+        if set(channels) != set(ratios):
+            raise PolicyError(f"{source}: 'ratios' and 'channels' name different groups.")
+        return cls(**{**data, "channels": channels, "ratios": ratios})
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the policy as JSON, atomically."""
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Policy:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise PolicyError(f"Policy file {path} does not exist.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise PolicyError(f"Policy file {path} is not valid JSON: {e}") from e
+        return cls.from_dict(data, source=str(path))
+
+    # -- against a model ----------------------------------------------------
+    def validate(self, space: PrunableSpace, checkpoint: str | None = None) -> None:
+        """Raise :class:`PolicyError` unless this policy fits ``space`` (and ``checkpoint``, if given)."""
+        if space.arch != self.arch:
+            raise PolicyError(f"Policy is for {self.arch}, but the model is {space.arch}.")
+        if space.name != self.space:
+            raise PolicyError(f"Policy is for space {self.space!r}, but the model's space is {space.name!r}.")
+        if checkpoint is not None and self.checkpoint is not None and checkpoint != self.checkpoint:
+            raise PolicyError(
+                f"Policy was made on checkpoint {self.checkpoint[:12]}..., but the given checkpoint is "
+                f"{checkpoint[:12]}...: its channel choice would not carry over. Pass the checkpoint it names."
+            )
+        expected = set(space.names)
+        if set(self.channels) != expected:
+            missing, extra = sorted(expected - set(self.channels)), sorted(set(self.channels) - expected)
+            raise PolicyError(f"Policy does not match {self.arch}/{self.space}: missing groups {missing}, unknown groups {extra}.")
+        space.check(self.channels)
+        macs = space.macs([len(self.channels[n]) for n in space.names])
+        if macs != self.macs:
+            raise PolicyError(f"Policy says {self.macs} MACs but its channels cost {macs} on {self.arch}: the file was edited or made by another version.")
+
+
+def make_policy(
+    space: PrunableSpace,
+    ratios: np.ndarray,
+    channels: dict[str, np.ndarray],
+    *,
+    dataset: str,
+    num_classes: int,
+    checkpoint: str | None,
+    criterion: str,
+    target: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Policy:
+    """Assemble a Policy from a space, the agent's ratios and the selected channels, pricing it."""
+    counts = [len(channels[n]) for n in space.names]
+    cost = space.cost(counts)
+    return Policy(
+        arch=space.arch, dataset=dataset, num_classes=num_classes, checkpoint=checkpoint, space=space.name,
+        ratios={n: float(r) for n, r in zip(space.names, ratios)},
+        channels={n: [int(i) for i in channels[n]] for n in space.names},
+        criterion=criterion, macs=cost.macs, params=cost.params,
+        base_macs=space.base.macs, base_params=space.base.params, target=target,
+        provenance={"autoprune": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(provenance or {})},
+    )
+
+
+def apply(model: nn.Module, policy: Policy) -> nn.Module:
+    """A new, physically smaller model: ``model`` pruned as ``policy`` says (``model`` is untouched).
+
+    The dependency structure of ``model`` is traced on first use and cached
+    with it, so applying many policies to the same model costs no tracing.
+    """
+    space = space_for(model, policy.arch, policy.space)
+    policy.validate(space)
+    return space.apply(policy.channels)

@@ -1,0 +1,105 @@
+"""Budgets: parse a FLOPs target, check it is reachable, and meet it by bisection.
+
+``uniform`` keeps the same ratio in every searchable group; ``global`` ranks
+all channels of all groups together on a criterion (each group's scores
+divided by their mean, so layers of different scale compare) and keeps the
+best. Both find the largest model whose MACs stay within the target, using
+the analytic cost model (microseconds a query), never a forward pass.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..errors import BudgetError, unknown_name
+from ._space import PrunableSpace
+
+__all__ = ["parse_target", "check_target", "reachable", "uniform_counts", "global_counts", "METHODS", "counts_for_target"]
+
+METHODS = ("uniform", "global")
+_SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9}
+
+
+def parse_target(value: str | float, base_macs: int) -> float:
+    """Fraction of the base MACs kept: a bare number is the fraction, ``"60M"``/``"1.2G"`` a MAC count."""
+    text = str(value).strip()
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([KMG]?)", text, re.IGNORECASE)
+    if not match:
+        raise BudgetError(f"Target {text!r} is neither a fraction like 0.5 nor a MAC count like 60M.")
+    number, suffix = float(match.group(1)), match.group(2).upper()
+    fraction = number * _SUFFIX[suffix] / base_macs if suffix else number
+    if not 0.0 < fraction < 1.0:
+        raise BudgetError(f"Target must keep a fraction in (0, 1) of the {base_macs / 1e6:.2f}M base MACs, but got {text} ({fraction:.4g}).")
+    return fraction
+
+
+def reachable(space: PrunableSpace) -> tuple[float, float]:
+    """The MACs fractions a policy of this space can reach: all groups at their lower, then upper bound."""
+    lo, hi = space.spec.bounds
+    n = len(space.searchable)
+    base = space.base.macs
+    return space.macs(space.counts(np.full(n, lo))) / base, space.macs(space.counts(np.full(n, hi))) / base
+
+
+def check_target(space: PrunableSpace, fraction: float) -> None:
+    """Raise :class:`BudgetError` unless ``fraction`` is in (0, 1) and reachable within the bounds."""
+    if not 0.0 < fraction < 1.0:
+        raise BudgetError(f"Target must be a fraction in (0, 1) of the base MACs, but got {fraction}.")
+    low, _ = reachable(space)
+    if fraction < low:
+        raise BudgetError(
+            f"Target {fraction:.3f} of the MACs is unreachable in space {space.name!r} of {space.arch} "
+            f"with keep-ratio bounds {space.spec.bounds}: reachable range is [{low:.3f}, 1.0)."
+        )
+
+
+def _largest(n_steps: int, counts_at: "callable[[int], np.ndarray]", space: PrunableSpace, budget: float) -> np.ndarray:
+    """Bisection over a monotone family ``counts_at(0..n_steps)`` (growing): the last within budget."""
+    lo, hi = 0, n_steps  # counts_at(lo) is within budget (checked by the caller)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if space.macs(counts_at(mid)) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return counts_at(lo)
+
+
+def uniform_counts(space: PrunableSpace, fraction: float) -> np.ndarray:
+    """Kept channels for the largest uniform keep ratio within the target."""
+    check_target(space, fraction)
+    lo, hi = space.spec.bounds
+    grid = np.linspace(lo, hi, 4097)
+    n = len(space.searchable)
+    return _largest(len(grid) - 1, lambda i: space.counts(np.full(n, grid[i])), space, fraction * space.base.macs)
+
+
+def global_counts(space: PrunableSpace, fraction: float, scores: dict[str, np.ndarray]) -> np.ndarray:
+    """Kept channels when one threshold on mean-normalised scores is applied to every group."""
+    check_target(space, fraction)
+    floor = space.counts(np.full(len(space.searchable), space.spec.bounds[0]))
+    ceil = space.counts(np.full(len(space.searchable), space.spec.bounds[1]))
+    normed = [scores[g.name] / scores[g.name].mean() if scores[g.name].mean() > 0 else np.ones(g.channels)
+              for g in space.searchable]
+    owner = np.concatenate([np.full(g.channels, j) for j, g in enumerate(space.searchable)])
+    ranking = owner[np.argsort(-np.concatenate(normed), kind="stable")]  # ties: earlier groups first
+    step = np.minimum(space.spec.round, [g.channels for g in space.searchable])
+
+    def counts_at(i: int) -> np.ndarray:
+        kept = np.bincount(ranking[:i], minlength=len(space.searchable))
+        return np.clip(np.ceil(kept / step) * step, floor, ceil).astype(np.int64)
+
+    if space.macs(counts_at(0)) > fraction * space.base.macs:
+        return floor
+    return _largest(len(ranking), counts_at, space, fraction * space.base.macs)
+
+
+def counts_for_target(space: PrunableSpace, fraction: float, method: str, scores: dict[str, np.ndarray]) -> np.ndarray:
+    """Kept channels per searchable group that meet ``fraction`` of the MACs by ``method``."""
+    if method == "uniform":
+        return uniform_counts(space, fraction)
+    if method == "global":
+        return global_counts(space, fraction, scores)
+    raise unknown_name("method", method, METHODS)

@@ -1,0 +1,38 @@
+"""Shared fixtures: paths to ../shared (skipped with a reason when absent) and cheap zoo spaces."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+PRETRAINED_DIR = SHARED / "pretrained" / "cifar10"
+CIFAR_DIR = SHARED / "data" / "cifar10"
+
+
+def require(path: Path) -> Path:
+    """Skip the test unless ``path`` (from ../shared beside the checkout) exists."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the shared data/checkpoints live beside the checkout in CI")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def zoo_space(arch: str, space: str | None = None):
+    """A randomly initialised zoo model (BN statistics randomised too) and its PrunableSpace, cached per session."""
+    from autoprune.models import create
+    from autoprune.pruning import PrunableSpace
+
+    torch.manual_seed(0)
+    model = create(arch).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model, PrunableSpace(model, arch, space)
