@@ -1,4 +1,4 @@
-"""Locate the YAML folders (search_spaces/, agents/) that ship with autoprune.
+"""Locate the YAML folders (search_spaces/, agents/) that ship with autoprune, and its cache.
 
 In a wheel they are package data (``autoprune/search_spaces``); in a source
 checkout, editable install included, they sit at the top of the repository.
@@ -6,6 +6,7 @@ checkout, editable install included, they sit at the top of the repository.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -17,3 +18,9 @@ def resource_dir(kind: str) -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"autoprune's {kind}/ folder is missing from the installation ({_PACKAGE}).")
+
+
+def cache_root() -> Path:
+    """Where autoprune keeps downloads and decoded data: ``$AUTOPRUNE_CACHE`` or ``~/.cache/autoprune``."""
+    env = os.environ.get("AUTOPRUNE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "autoprune"

@@ -22,12 +22,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._io import atomic_open, save_torch
+from ._resources import cache_root
 from .errors import CheckpointError, unknown_name
 from .models import create
 from .policy import Policy, apply
 
 __all__ = [
-    "PretrainedWeights", "PRETRAINED", "cache_dir", "file_sha256", "read_state_dict",
+    "PretrainedWeights", "PRETRAINED", "file_sha256", "read_state_dict",
     "load_checkpoint", "pretrained_path", "load_model", "save_pruned", "load_pruned",
 ]
 
@@ -62,11 +63,6 @@ PRETRAINED: dict[str, PretrainedWeights] = {
                           "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367", 93.39),
     ]
 }
-
-
-def cache_dir() -> Path:
-    """Where downloads go: ``$AUTOPRUNE_CACHE`` or ``~/.cache/autoprune``."""
-    return Path(os.environ.get("AUTOPRUNE_CACHE", Path.home() / ".cache" / "autoprune"))
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -113,6 +109,9 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], arch: str) -
         raise CheckpointError(f"Checkpoint {path} is corrupt: its sha256 starts {digest[:8]}, its name says {stated.group(1)[:8]}.")
     state = read_state_dict(path)
     own = model.state_dict()
+    for key in set(own) - set(state):
+        if key.endswith("num_batches_tracked"):  # absent from checkpoints of old PyTorch versions
+            state[key] = own[key]
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -133,7 +132,7 @@ def pretrained_path(arch: str, *, download: bool = True) -> Path:
     if arch not in PRETRAINED:
         raise unknown_name("pretrained architecture", arch, PRETRAINED)
     weights = PRETRAINED[arch]
-    path = cache_dir() / "checkpoints" / weights.filename
+    path = cache_root() / "checkpoints" / weights.filename
     if path.is_file():
         return path
     hint = f"Download {weights.url} (sha256 {weights.sha256[:16]}...) to {path}, or pass --checkpoint PATH."

@@ -81,17 +81,18 @@ class CostModel:
             p_out.append(terms[3])
 
         row = {n: i for i, n in enumerate(rows)}
+        depthwise = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1}
         a_in = np.zeros((len(rows), len(self.groups)))
         a_out = np.zeros_like(a_in)
         for j, group in enumerate(self.groups):
             for m in group.members:
                 if m.module not in row:
                     continue
-                target = a_out if m.side == "out" else a_in
-                target[row[m.module], j] += len(m.index) / group.channels
-                if m.side == "out" and rows and isinstance(model.get_submodule(m.module), nn.Conv2d) \
-                        and model.get_submodule(m.module).groups > 1:
-                    a_in[row[m.module], j] += len(m.index) / group.channels  # depthwise: in == out
+                per_root = len(m.index) / group.channels
+                if m.side == "out":
+                    a_out[row[m.module], j] += per_root
+                if m.side == "in" or m.module in depthwise:  # a depthwise conv loses inputs with its outputs
+                    a_in[row[m.module], j] += per_root
         self._a_in, self._a_out = a_in, a_out
         self._in0 = np.array(in_full) - a_in @ self.full
         self._out0 = np.array(out_full) - a_out @ self.full

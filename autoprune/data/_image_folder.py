@@ -1,0 +1,182 @@
+"""Image-folder datasets: ``root/{train,test}/<class>/<image>``, any format Pillow reads.
+
+Samples are ordered by file name (numbers compared as numbers), then class.
+A folder exported with each image's original index as its name, like the
+shared CIFAR-10 copy, thus keeps the official order; and the classes come
+interleaved, so the first ``limit`` samples of a split are not all one class.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..errors import DataError
+from ._cache import SourceArrays
+
+SPLITS = ("train", "test")
+
+# Extensions of the formats Pillow can open (not those it can only write).
+_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+# Images per worker task: large enough that the per-task overhead vanishes,
+# small enough that the progress bar moves.
+_CHUNK = 512
+
+
+@dataclass(frozen=True)
+class FolderIndex:
+    """The listing of an image folder: enough to fingerprint it without reading a pixel."""
+
+    root: Path
+    classes: list[str]
+    files: dict[str, list[tuple[str, int, int]]]  # split -> (path relative to root, size, mtime_ns)
+
+    @property
+    def entries(self) -> list[tuple[str, int, int]]:
+        return [e for split in SPLITS for e in self.files[split]]
+
+
+def _class_dirs(split_dir: Path) -> list[str]:
+    if not split_dir.is_dir():
+        raise DataError(
+            f"{split_dir} is missing: an image-folder dataset needs both train/<class>/ and "
+            f"test/<class>/ under {split_dir.parent}."
+        )
+    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+
+
+def scan_image_folder(root: str | os.PathLike[str]) -> FolderIndex:
+    """List ``root/{train,test}/<class>/*`` and check that both splits have the same classes."""
+    root = Path(root)
+    train_classes, test_classes = (_class_dirs(root / split) for split in SPLITS)
+    if not train_classes:
+        raise DataError(f"{root / 'train'} holds no class folders; expected train/<class>/<image> files.")
+    if train_classes != test_classes:
+        only_train = sorted(set(train_classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(train_classes))
+        raise DataError(
+            f"The class folders of {root / 'train'} and {root / 'test'} differ: only in train: "
+            f"{only_train or 'none'}; only in test: {only_test or 'none'}. Both splits need the "
+            "same class folders (an empty folder is not enough); add or remove folders to match."
+        )
+    files: dict[str, list[tuple[str, int, int]]] = {}
+    for split in SPLITS:
+        entries = []
+        for cls in train_classes:
+            found = 0
+            with os.scandir(root / split / cls) as it:
+                for e in it:
+                    if e.name.startswith(".") or os.path.splitext(e.name)[1].lower() not in _EXTENSIONS:
+                        continue
+                    if e.is_file():
+                        st = e.stat()
+                        entries.append((f"{split}/{cls}/{e.name}", st.st_size, st.st_mtime_ns))
+                        found += 1
+            if not found:
+                raise DataError(
+                    f"{root / split / cls} holds no images (files with a Pillow-readable extension "
+                    "such as .png or .jpg). Add its images or delete the class folder in both splits."
+                )
+        files[split] = sorted(entries)
+    return FolderIndex(root=root, classes=train_classes, files=files)
+
+
+def _natural_key(name: str) -> list[str | int]:
+    # re.split with a group puts text at even and digit runs at odd positions,
+    # so keys of any two names compare str with str and int with int.
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))]
+
+
+def _ordered(index: FolderIndex, split: str) -> tuple[list[str], np.ndarray]:
+    label_of = {cls: i for i, cls in enumerate(index.classes)}
+    samples = []
+    for rel, _, _ in index.files[split]:
+        _, cls, fname = rel.split("/", 2)
+        samples.append((_natural_key(fname), label_of[cls], fname, rel))
+    samples.sort()
+    paths = [str(index.root / s[3]) for s in samples]
+    return paths, np.array([s[1] for s in samples], dtype=np.int64)
+
+
+def _decode(path: str, size: tuple[int, int] | None, reference: str) -> np.ndarray:
+    """One image as RGB uint8 HWC; ``size`` (Pillow's (width, height)) is enforced when given."""
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"Cannot read the image {path}: {e}. Replace or delete the file.") from e
+    if size is not None and rgb.size != size:
+        raise DataError(
+            f"{path} is {rgb.size[0]}x{rgb.size[1]} but {reference} is {size[0]}x{size[1]}: all "
+            "images of a dataset must have the same size. Resize them beforehand."
+        )
+    return np.asarray(rgb)
+
+
+def _decode_chunk(paths: list[str], size: tuple[int, int], reference: str) -> np.ndarray:
+    out = np.empty((len(paths), size[1], size[0], 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        out[i] = _decode(path, size, reference)
+    return out
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    # fork starts workers at once and never re-imports the caller's script
+    # (spawn would, and fails in scripts without a __main__ guard); where it is
+    # not the safe default (macOS, Windows) keep the platform's own method.
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
+
+
+def _decode_all(paths: list[str], desc: str) -> np.ndarray:
+    """Decode ``paths`` into one NHWC array, in worker processes (Pillow holds the GIL)."""
+    first = _decode(paths[0], None, paths[0])
+    size = (first.shape[1], first.shape[0])
+    out = np.empty((len(paths), size[1], size[0], 3), dtype=np.uint8)
+    starts = range(0, len(paths), _CHUNK)
+    workers = min(os.cpu_count() or 1, len(starts))
+    with tqdm(total=len(paths), desc=desc, unit="img") as bar:
+        if workers <= 1:
+            for s in starts:
+                block = _decode_chunk(paths[s : s + _CHUNK], size, paths[0])
+                out[s : s + len(block)] = block
+                bar.update(len(block))
+            return out
+        pool = ProcessPoolExecutor(workers, mp_context=_pool_context())
+        try:
+            futures = {pool.submit(_decode_chunk, paths[s : s + _CHUNK], size, paths[0]): s for s in starts}
+            for future in as_completed(futures):
+                block = future.result()
+                out[futures[future] : futures[future] + len(block)] = block
+                bar.update(len(block))
+        except BrokenProcessPool as e:
+            raise DataError(
+                f"An image-decoding worker died ({e}), probably out of memory. Free memory and retry."
+            ) from e
+        finally:
+            pool.shutdown(cancel_futures=True)
+    return out
+
+
+def decode_image_folder(index: FolderIndex) -> SourceArrays:
+    """Decode every image of ``index`` to RGB uint8 NHWC; all must have the first one's size."""
+    train_paths, train_labels = _ordered(index, "train")
+    test_paths, test_labels = _ordered(index, "test")
+    images = _decode_all(train_paths + test_paths, desc=f"Decoding {index.root}")
+    return SourceArrays(
+        classes=list(index.classes),
+        train_images=images[: len(train_paths)],
+        train_labels=train_labels,
+        test_images=images[len(train_paths) :],
+        test_labels=test_labels,
+    )

@@ -1,0 +1,113 @@
+"""Benchmark the foundation's hot paths and print a table against their goals.
+
+    python scripts/bench_engine.py [--data-dir ../shared/data/cifar10] [--rounds 5]
+
+Rows: cost-model query (goal < 50 us), apply(policy) on resnet56 with the
+cached structure (goal < 50 ms; beside it, Torch-Pruning re-tracing the model
+for every policy, which is what the cache avoids), cached dataset load
+(goal < 1 s), evaluator throughput against a bare ``model(x)`` loop on the
+same pruned model and batches (goal >= 95 %). Alternatives are interleaved in
+one process and medians reported, because timings on shared machines swing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch_pruning as tp
+
+from autoprune._device import resolve_device
+from autoprune._table import format_table
+from autoprune.data import DeviceLoader, load_dataset, make_splits
+from autoprune.evaluate import evaluate
+from autoprune.models import create, get_model_info
+from autoprune.pruning import PrunableSpace
+from autoprune.pruning._shortcut_pruner import CUSTOM_PRUNERS
+
+
+def timed(fn, repeat: int = 1) -> float:
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def tp_retrace_apply(model: torch.nn.Module, space: PrunableSpace, kept: dict) -> None:
+    """What a caller without our cache does: copy, trace, and prune group by group with Torch-Pruning."""
+    pruned = copy.deepcopy(model)
+    graph = tp.DependencyGraph().build_dependency(pruned, torch.zeros(1, 3, 32, 32),
+                                                  customized_pruners=CUSTOM_PRUNERS, verbose=False)
+    for g in space.searchable:
+        conv = pruned.get_submodule(g.name)
+        drop = sorted(set(range(g.channels)) - set(kept[g.name].tolist()))
+        graph.get_pruning_group(conv, tp.prune_conv_out_channels, drop).prune()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+
+    model = create("resnet56").eval()
+    space = PrunableSpace(model, "resnet56")
+    rng = np.random.default_rng(0)
+    ratio_sets = [rng.uniform(0.2, 1.0, len(space.searchable)) for _ in range(1000)]
+    count_sets = [space.counts(r) for r in ratio_sets]
+    kept = space.select(space.counts(np.full(len(space.searchable), 0.5)), space.scores("l1"))
+
+    query, apply_cached, apply_retrace = [], [], []
+    for _ in range(args.rounds):
+        query.append(timed(lambda: [space.cost(c) for c in count_sets]) / len(count_sets))
+        apply_cached.append(timed(lambda: space.apply(kept)))
+        apply_retrace.append(timed(lambda: tp_retrace_apply(model, space, kept)))
+
+    dataset = load_dataset(args.data_dir)  # decodes once and fills the cache if needed
+    loads = [timed(lambda: load_dataset(args.data_dir)) for _ in range(args.rounds)]
+
+    info = get_model_info("resnet56")
+    splits = make_splits(len(dataset.train_labels))
+    pruned = space.apply(kept).to(device).eval()
+    loader = DeviceLoader(dataset.train_images[splits.holdout], dataset.train_labels[splits.holdout],
+                          batch_size=500, mean=info.mean, std=info.std, device=device)
+    ready = [x for x, _ in loader]  # the bare loop gets its batches already normalised, for free
+
+    def bare() -> None:
+        with torch.no_grad():
+            for x in ready:
+                pruned(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    evaluate(pruned, loader)  # warm-up
+    ours, baseline = [], []
+    for _ in range(args.rounds):
+        ours.append(loader.num_samples / timed(lambda: evaluate(pruned, loader)))
+        baseline.append(loader.num_samples / timed(bare))
+    ratio = statistics.median(o / b for o, b in zip(ours, baseline))
+
+    med = statistics.median
+    rows = [
+        ("cost-model query (MACs+params)", f"{med(query) * 1e6:.1f} us", "< 50 us", med(query) < 50e-6),
+        ("apply(policy), resnet56, cached structure", f"{med(apply_cached) * 1e3:.1f} ms", "< 50 ms", med(apply_cached) < 0.05),
+        ("  vs Torch-Pruning re-tracing per policy", f"{med(apply_retrace) * 1e3:.1f} ms",
+         f"x{med(apply_retrace) / med(apply_cached):.1f} slower", ""),
+        ("cached dataset load (60k images)", f"{med(loads):.2f} s", "< 1 s", med(loads) < 1.0),
+        ("evaluator throughput / bare model(x)", f"{ratio:.1%} ({med(ours):.0f} vs {med(baseline):.0f} img/s)",
+         ">= 95%", ratio >= 0.95),
+    ]
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {args.rounds} rounds")
+    print(format_table(["measure", "value", "goal", "met"], [(a, b, c, {True: "yes", False: "NO", "": ""}[d]) for a, b, c, d in rows]))
+
+
+if __name__ == "__main__":
+    main()
