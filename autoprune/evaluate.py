@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Dataset, DeviceLoader, Splits
+from .errors import AutopruneError
 
 __all__ = ["Accuracy", "evaluate", "recalibrate_bn", "Evaluator"]
 
@@ -99,16 +100,25 @@ class Evaluator:
         recal_batches: training batches used to recalibrate BN (0: none).
         recal_batch_size: their size.
         seed: fixes which training images recalibrate BN, so every policy sees the same ones.
+        reward_samples: the first this many holdout images score a search ("reward" part); the
+            rest ("select" part) re-judge its best candidates, so the final pick is made on images
+            the search never optimised (the winner's curse). None: no split.
     """
 
     def __init__(self, dataset: Dataset, splits: Splits, *, mean: tuple[float, ...], std: tuple[float, ...],
                  device: torch.device | str = "cpu", batch_size: int = 500, recal_batches: int = 0,
-                 recal_batch_size: int = 100, seed: int = 0) -> None:
+                 recal_batch_size: int = 100, seed: int = 0, reward_samples: int | None = None) -> None:
         self.device = torch.device(device)
         channels_last = self.device.type == "cuda"
         common = dict(mean=mean, std=std, device=self.device, channels_last=channels_last)
-        self.holdout_loader = DeviceLoader(dataset.train_images[splits.holdout], dataset.train_labels[splits.holdout],
-                                           batch_size=batch_size, **common)
+        holdout = dataset.train_images[splits.holdout], dataset.train_labels[splits.holdout]
+        if reward_samples is not None and not 0 < reward_samples < len(splits.holdout):
+            raise AutopruneError(f"reward_samples must be in (0, {len(splits.holdout)}) (the holdout size), but got {reward_samples}.")
+        self.holdout_loader = DeviceLoader(*holdout, batch_size=batch_size, **common)
+        self.parts = {"all": self.holdout_loader}
+        if reward_samples is not None:
+            self.parts["reward"] = DeviceLoader(*(t[:reward_samples] for t in holdout), batch_size=batch_size, **common)
+            self.parts["select"] = DeviceLoader(*(t[reward_samples:] for t in holdout), batch_size=batch_size, **common)
         self.test_loader = DeviceLoader(dataset.test_images, dataset.test_labels, batch_size=batch_size, **common)
         self.recal_batches = recal_batches
         if recal_batches > 0:
@@ -129,8 +139,11 @@ class Evaluator:
         if self.recal_batches > 0:
             recalibrate_bn(model, self.recal_loader)
 
-    def holdout(self, model: nn.Module, progress: str | None = None) -> Accuracy:
-        return evaluate(model, self.holdout_loader, progress=progress)
+    def holdout(self, model: nn.Module, part: str = "all", progress: str | None = None) -> Accuracy:
+        """Accuracy on the holdout split, or on its "reward" / "select" part."""
+        if part not in self.parts:
+            raise AutopruneError(f"Holdout part {part!r} does not exist here; parts: {', '.join(self.parts)}.")
+        return evaluate(model, self.parts[part], progress=progress)
 
     def test(self, model: nn.Module, progress: str | None = None) -> Accuracy:
         return evaluate(model, self.test_loader, progress=progress)

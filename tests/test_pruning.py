@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 
 import numpy as np
 import pytest
@@ -17,6 +18,10 @@ from conftest import zoo_space
 
 CIFAR = [m for m in list_models() if not m.startswith("imagenet_")]
 CASES = [(a, None) for a in CIFAR] + [("resnet20", "full"), ("resnet20_b", "full")]
+IMAGENET = [pytest.param(a, None, marks=pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is None,
+    reason="ImageNet models come from torchvision, which is not installed (the `vision` extra)"))
+    for a in list_models("imagenet_*")]
 
 
 def random_kept(space, seed):
@@ -25,12 +30,12 @@ def random_kept(space, seed):
     return space.select(counts, space.scores("random", seed=seed))
 
 
-@pytest.mark.parametrize("arch,space_name", CASES)
+@pytest.mark.parametrize("arch,space_name", CASES + IMAGENET)
 def test_pruned_model_equals_masked_original(arch, space_name):
     model, space = zoo_space(arch, space_name)
     kept = random_kept(space, seed=1)
     pruned = space.apply(kept).double()
-    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    x = torch.randn(2, *space.info.input_size, dtype=torch.float64)
     reference = copy.deepcopy(model).double()
     space.model = reference  # mask the float64 copy with the same hooks
     try:
@@ -45,7 +50,7 @@ def test_pruned_model_equals_masked_original(arch, space_name):
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("arch,space_name", CASES)
+@pytest.mark.parametrize("arch,space_name", CASES + IMAGENET)
 def test_cost_model_matches_traced_count(arch, space_name):
     model, space = zoo_space(arch, space_name)
     for seed in (2, 3):
@@ -53,7 +58,7 @@ def test_cost_model_matches_traced_count(arch, space_name):
         pruned = space.apply(kept)
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
-            pruned(torch.randn(1, 3, 32, 32))
+            pruned(torch.randn(1, *space.info.input_size))
         predicted = space.cost([len(kept[n]) for n in space.names])
         traced_macs = counter.get_total_flops() / 2
         assert abs(predicted.macs - traced_macs) <= 0.005 * traced_macs

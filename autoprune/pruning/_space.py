@@ -87,6 +87,13 @@ class PrunableSpace:
         n = np.round(np.clip(r, lo, hi) * full / step) * step
         return np.clip(n, step, full).astype(np.int64)
 
+    def count_options(self, j: int) -> np.ndarray:
+        """Every kept-channel count searchable group ``j`` can take within the bounds, ascending."""
+        lo, hi = self.spec.bounds
+        ends = self.counts(np.full(len(self.searchable), lo))[j], self.counts(np.full(len(self.searchable), hi))[j]
+        step = min(self.spec.round, self.searchable[j].channels)
+        return np.unique(np.append(np.arange(ends[0], ends[1] + 1, step), ends[1]))
+
     def all_counts(self, counts: Sequence[int] | np.ndarray) -> np.ndarray:
         """Kept channels of every group (non-searchable groups stay whole)."""
         k = self.cost_model.full.copy()

@@ -1,0 +1,273 @@
+"""The pruning search as a Gymnasium environment: one step per layer group."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from .errors import AutopruneError, BudgetError, unknown_name
+from .evaluate import Evaluator
+from .policy import Policy, make_policy
+from .pruning import PrunableSpace, check_target, uniform_counts
+
+__all__ = ["PruningEnv", "EnvConfig", "REWARDS", "FEATURES"]
+
+REWARDS = ("acc", "err-log-flops", "normalized")
+FEATURES = ("target", "t", "kind", "in_channels", "channels", "kernel", "stride", "fmap",
+            "group_macs", "removed_macs", "removable_macs", "previous_action")
+_KINDS = {"conv": 0.0, "depthwise": 0.5, "residual": 1.0}
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """What an episode is judged on.
+
+    Attributes:
+        targets: MACs fractions kept; one is drawn per episode (several: a conditional agent).
+        reward: "acc" (holdout accuracy, budget by clipping; AMC's), "err-log-flops"
+            (-error x ln MACs; AMC's unconstrained form) or "normalized" (accuracy minus that of
+            the uniform policy at the episode's target, so targets of different difficulty
+            give rewards on one scale, for conditional agents).
+        criterion: channel selection inside each group.
+        part: holdout part that scores an episode ("reward" when the evaluator splits it).
+    """
+
+    targets: tuple[float, ...] = (0.5,)
+    reward: str = "acc"
+    criterion: str = "l1"
+    part: str = "reward"
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise BudgetError("At least one target is needed.")
+        for t in self.targets:
+            if not 0.0 < t < 1.0:
+                raise BudgetError(f"Targets must be fractions in (0, 1) of the MACs, but got {t}.")
+        if self.reward not in REWARDS:
+            raise unknown_name("reward", self.reward, REWARDS)
+
+
+class PruningEnv(gym.Env):
+    """Choose a keep ratio for each prunable group of a CNN, in forward order.
+
+    ## Description
+    An episode walks the searchable groups of a :class:`PrunableSpace` (AMC,
+    He et al. 2018; CACP, Liu et al. 2021). At each step the agent gives the
+    current group's keep ratio; after the last group the policy is applied,
+    BatchNorm is recalibrated, and the pruned model's holdout accuracy gives
+    the reward.
+
+    ## Action Space
+    ``Box(lo, hi, (1,), float32)``: the keep ratio, within the space's bounds.
+    It is rounded to a channel count and then clipped, as in AMC, so that (a)
+    with every later group at its lower bound the MACs budget is still met and
+    (b) with every later group at its upper bound the budget is still reached.
+    The last group takes the largest count within budget, so every episode
+    ends within one channel of that group below the target, never above.
+
+    ## Observation Space
+    ``Box(0, 1, (12,), float32)``; every feature is scaled to [0, 1]:
+
+    | # | feature          | meaning                                                     |
+    |---|------------------|-------------------------------------------------------------|
+    | 0 | target           | fraction of the MACs the episode keeps                      |
+    | 1 | t                | step / number of groups                                     |
+    | 2 | kind             | 0 conv, 0.5 depthwise, 1 residual (coupled across blocks)   |
+    | 3 | in_channels      | root conv's input channels / the maximum over groups        |
+    | 4 | channels         | the group's channels / the maximum over groups              |
+    | 5 | kernel           | kernel size / the maximum                                   |
+    | 6 | stride           | stride / the maximum                                        |
+    | 7 | fmap             | output height / the maximum                                 |
+    | 8 | group_macs       | MACs this group controls / base MACs                        |
+    | 9 | removed_macs     | MACs removed by the earlier steps / base MACs               |
+    | 10| removable_macs   | MACs the later groups could still remove / base MACs        |
+    | 11| previous_action  | the previous group's effective keep ratio (1 at the start)  |
+
+    ## Rewards
+    0 until the last step; then by ``config.reward`` (see :class:`EnvConfig`).
+
+    ## Starting State
+    The first group, nothing pruned. The target is drawn uniformly from
+    ``config.targets`` with the env's RNG, or given as ``reset(options={"target": x})``.
+
+    ## Episode End
+    Terminates after the last searchable group; never truncated.
+    ``info`` then holds ``policy`` (a :class:`Policy`), ``accuracy``, ``macs``,
+    ``params``, ``counts`` and ``cached`` (whether the evaluation was reused).
+
+    ## Arguments
+    ``space``: the prunable space (and through it the model); ``evaluator``:
+    scores pruned models; ``config``: :class:`EnvConfig`; ``dataset`` and
+    ``checkpoint``: recorded in the policies.
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, space: PrunableSpace, evaluator: Evaluator, config: EnvConfig = EnvConfig(),
+                 *, dataset: str = "cifar10", checkpoint: str | None = None) -> None:
+        self.space, self.evaluator, self.config = space, evaluator, config
+        self.dataset, self.checkpoint = dataset, checkpoint
+        for t in config.targets:
+            check_target(space, t)
+        self.n = len(space.searchable)
+        lo, hi = space.spec.bounds
+        self.action_space = spaces.Box(lo, hi, shape=(1,), dtype=np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(len(FEATURES),), dtype=np.float32)
+        self._options = [space.count_options(j) for j in range(self.n)]
+        self._lo = np.array([o[0] for o in self._options])
+        self._hi = np.array([o[-1] for o in self._options])
+        self._scores = space.scores(config.criterion)
+        self._static = self._static_features()
+        self._cache: dict[tuple[int, ...], float] = {}
+        self._reference: dict[float, float] = {}
+        self.evaluations = 0
+        self._counts = self._hi.copy()
+        self._t = 0
+        self._target = config.targets[0]
+        self._previous = 1.0
+
+    # -- features -----------------------------------------------------------
+    def _static_features(self) -> np.ndarray:
+        groups = self.space.searchable
+        base = self.space.base.macs
+        table = np.array([[g.in_channels, g.channels, g.kernel, g.stride, g.fmap] for g in groups], dtype=np.float64)
+        table /= table.max(axis=0)
+        full = np.array([g.channels for g in groups])
+        controlled = []
+        for j in range(self.n):
+            k = full.copy()
+            k[j] = 0
+            controlled.append((base - self.space.macs(k)) / base)
+        kinds = [_KINDS[g.kind] for g in groups]
+        return np.column_stack([kinds, table, controlled])
+
+    def _observation(self) -> np.ndarray:
+        base = self.space.base.macs
+        j = min(self._t, self.n - 1)
+        done = self._counts.copy()
+        done[j:] = self._hi[j:]
+        removed = (self.space.macs(self._hi) - self.space.macs(done)) / self.space.macs(self._hi) if j else 0.0
+        later_hi, later_lo = done.copy(), done.copy()
+        later_lo[j + 1:] = self._lo[j + 1:]
+        removable = (self.space.macs(later_hi) - self.space.macs(later_lo)) / base
+        obs = np.concatenate([[self._target, self._t / self.n], self._static[j], [removed, removable, self._previous]])
+        return np.clip(obs, 0.0, 1.0).astype(np.float32)
+
+    # -- the budget -----------------------------------------------------------
+    def _clip(self, j: int, wanted: int) -> int:
+        """AMC's constraint: the count nearest ``wanted`` that keeps the budget met and reachable."""
+        budget = self._target * self.space.base.macs
+        options = self._options[j]
+
+        def macs_with(c: int, rest: np.ndarray) -> int:
+            k = self._counts.copy()
+            k[j] = c
+            k[j + 1:] = rest[j + 1:]
+            return self.space.macs(k)
+
+        # MACs grow with the count, so both bounds are bisections over the options
+        over = _first(len(options), lambda i: macs_with(options[i], self._lo) > budget)
+        upper = int(options[max(over - 1, 0)])  # largest count still within budget
+        lower = int(options[min(_first(len(options), lambda i: macs_with(options[i], self._hi) >= budget),
+                                len(options) - 1)])  # smallest count from which the budget is still reached
+        if j == self.n - 1:
+            return upper
+        return int(np.clip(wanted, min(lower, upper), upper))
+
+    # -- the Gymnasium contract ----------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        if options and "target" in options:
+            target = float(options["target"])
+            check_target(self.space, target)
+        else:
+            target = float(self.config.targets[self.np_random.integers(len(self.config.targets))])
+        self._target = target
+        self._counts = self._hi.copy()
+        self._t = 0
+        self._previous = 1.0
+        return self._observation(), {"target": target}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self._t >= self.n:
+            raise AutopruneError("step() called after the episode ended; call reset() first.")
+        j = self._t
+        ratio = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], *self.space.spec.bounds))
+        options = self._options[j]
+        wanted = int(options[np.argmin(np.abs(options - ratio * self.space.searchable[j].channels))])
+        count = self._clip(j, wanted)
+        self._counts[j] = count
+        self._previous = count / self.space.searchable[j].channels
+        self._t += 1
+        if self._t < self.n:
+            return self._observation(), 0.0, False, False, {}
+        reward, info = self._finish()
+        obs = self._observation()
+        return obs, reward, True, False, info
+
+    # -- the end of an episode -------------------------------------------------
+    def accuracy(self, counts: Sequence[int], part: str | None = None) -> tuple[float, bool]:
+        """Holdout accuracy of the policy keeping ``counts`` (cached by counts); and whether it was cached."""
+        key = tuple(int(c) for c in counts)
+        part = part or self._part()
+        if (key, part) in self._cache:
+            return self._cache[(key, part)], True
+        model = self.evaluator.prepare(self.space.apply(self.space.select(counts, self._scores)))
+        self.evaluator.recalibrate(model)
+        acc = self.evaluator.holdout(model, part=part).top1
+        self._cache[(key, part)] = acc
+        self.evaluations += 1
+        return acc, False
+
+    def _part(self) -> str:
+        return self.config.part if self.config.part in self.evaluator.parts else "all"
+
+    def _finish(self) -> tuple[float, dict]:
+        counts = self._counts.copy()
+        acc, cached = self.accuracy(counts)
+        cost = self.space.cost(counts)
+        if self.config.reward == "acc":
+            reward = acc
+        elif self.config.reward == "err-log-flops":
+            reward = -(1.0 - acc) * float(np.log(cost.macs))
+        else:
+            reward = acc - self.reference(self._target)
+        policy = self.policy(counts, self._target)
+        policy.accuracy[self._part()] = acc
+        return float(reward), {"policy": policy, "accuracy": acc, "macs": cost.macs, "params": cost.params,
+                               "counts": counts, "target": self._target, "cached": cached}
+
+    def reference(self, target: float) -> float:
+        """Accuracy of the uniform policy at ``target`` (the "normalized" reward's baseline)."""
+        if target not in self._reference:
+            self._reference[target] = self.accuracy(uniform_counts(self.space, target))[0]
+        return self._reference[target]
+
+    def policy(self, counts: Sequence[int], target: float, provenance: dict | None = None) -> Policy:
+        """The Policy of an episode that kept ``counts``."""
+        counts = np.asarray(counts)
+        ratios = counts / np.array([g.channels for g in self.space.searchable])
+        num_classes = self.space.model.get_submodule(self.space.info.classifier).out_features
+        return make_policy(self.space, ratios, self.space.select(counts, self._scores), dataset=self.dataset,
+                           num_classes=num_classes, checkpoint=self.checkpoint, criterion=self.config.criterion,
+                           target={"metric": "macs", "fraction": target}, provenance=provenance)
+
+
+def _first(n: int, predicate: Any) -> int:
+    """The first i in [0, n) where a monotone (False..., True...) predicate holds; n if none."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if predicate(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
