@@ -6,8 +6,14 @@ model physically smaller, fine-tune it, and export the per-layer rates.
 
 __version__ = "0.1.0"
 
+import gymnasium as _gymnasium  # noqa: E402
+
 from .checkpoints import load_model, load_pruned, save_pruned  # noqa: E402
 from .errors import AutopruneError  # noqa: E402
 from .policy import Policy, apply  # noqa: E402
 
-__all__ = ["AutopruneError", "Policy", "apply", "load_model", "load_pruned", "save_pruned", "__version__"]
+ENV_ID = "autoprune/ChannelPruning-v0"
+if ENV_ID not in _gymnasium.registry:
+    _gymnasium.register(id=ENV_ID, entry_point="autoprune.env:PruningEnv")
+
+__all__ = ["AutopruneError", "Policy", "apply", "load_model", "load_pruned", "save_pruned", "__version__", "ENV_ID"]
