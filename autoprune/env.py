@@ -92,8 +92,10 @@ class PruningEnv(gym.Env):
     0 until the last step; then by ``config.reward`` (see :class:`EnvConfig`).
 
     ## Starting State
-    The first group, nothing pruned. The target is drawn uniformly from
-    ``config.targets`` with the env's RNG, or given as ``reset(options={"target": x})``.
+    The first group, nothing pruned. Each round of ``len(config.targets)``
+    episodes visits every target once, in an order drawn from (seed, round),
+    so targets get equal episodes and a resumed search draws the targets an
+    uninterrupted one would; or the target is given as ``reset(options={"target": x})``.
 
     ## Episode End
     Terminates after the last searchable group; never truncated.
@@ -129,6 +131,8 @@ class PruningEnv(gym.Env):
         self._cache: dict[tuple[int, ...], float] = {}
         self._reference: dict[float, float] = {}
         self.evaluations = 0
+        self.episodes = 0
+        self._seed = 0
         self._counts = self._hi.copy()
         self._t = 0
         self._target = config.targets[0]
@@ -185,11 +189,15 @@ class PruningEnv(gym.Env):
     # -- the Gymnasium contract ----------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
+        if seed is not None:
+            self._seed, self.episodes = seed, 0
         if options and "target" in options:
             target = float(options["target"])
             check_target(self.space, target)
-        else:
-            target = float(self.config.targets[self.np_random.integers(len(self.config.targets))])
+        else:  # every target once per round, in a shuffled order that depends on (seed, round) only:
+            n = len(self.config.targets)  # balanced, and a resumed run draws what an uninterrupted one would
+            order = np.random.default_rng([self._seed, self.episodes // n]).permutation(n)
+            target = float(self.config.targets[order[self.episodes % n]])
         self._target = target
         self._counts = self._hi.copy()
         self._t = 0
@@ -213,6 +221,17 @@ class PruningEnv(gym.Env):
         obs = self._observation()
         return obs, reward, True, False, info
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed search needs: the evaluation cache, the target schedule, the counters."""
+        return {"cache": [[list(k), part, acc] for (k, part), acc in self._cache.items()],
+                "reference": [[t, a] for t, a in self._reference.items()],
+                "episodes": self.episodes, "seed": self._seed, "evaluations": self.evaluations}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._cache = {(tuple(k), part): acc for k, part, acc in state["cache"]}
+        self._reference = {t: a for t, a in state["reference"]}
+        self.episodes, self._seed, self.evaluations = state["episodes"], state["seed"], state["evaluations"]
+
     # -- the end of an episode -------------------------------------------------
     def accuracy(self, counts: Sequence[int], part: str | None = None) -> tuple[float, bool]:
         """Holdout accuracy of the policy keeping ``counts`` (cached by counts); and whether it was cached."""
@@ -231,6 +250,7 @@ class PruningEnv(gym.Env):
         return self.config.part if self.config.part in self.evaluator.parts else "all"
 
     def _finish(self) -> tuple[float, dict]:
+        self.episodes += 1
         counts = self._counts.copy()
         acc, cached = self.accuracy(counts)
         cost = self.space.cost(counts)

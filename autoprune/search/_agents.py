@@ -1,0 +1,59 @@
+"""Build and reload the stable-baselines3 agents named by presets (imported only when used)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..env import PruningEnv
+from ._preset import Preset
+
+__all__ = ["build_agent", "load_agent", "episodes_per_learn", "total_episodes"]
+
+
+def _classes(algorithm: str) -> Any:
+    if algorithm == "ddpg":
+        from ._amc_ddpg import AMCDDPG
+        return AMCDDPG
+    import stable_baselines3
+    return {"td3": stable_baselines3.TD3, "sac": stable_baselines3.SAC, "ppo": stable_baselines3.PPO}[algorithm]
+
+
+def episodes_per_learn(preset: Preset) -> int:
+    """Episodes between checkpoints: PPO must stop on a rollout boundary, so it uses its rollout length."""
+    if preset.algorithm == "ppo":
+        return min(int(preset.hyperparameters.get("episodes_per_update", 10)), preset.total_episodes)
+    return preset.checkpoint_every
+
+
+def total_episodes(preset: Preset) -> int:
+    """Episodes a run makes: PPO rounds up to whole rollouts, others run exactly the preset's."""
+    chunk = episodes_per_learn(preset)
+    return -(-preset.total_episodes // chunk) * chunk if preset.algorithm == "ppo" else preset.total_episodes
+
+
+def build_agent(preset: Preset, env: PruningEnv, seed: int) -> Any:
+    """A fresh agent for ``env``. Agents are small MLPs: they run on the CPU, the models on the device."""
+    cls = _classes(preset.algorithm)
+    hp = dict(preset.hyperparameters)
+    common: dict[str, Any] = dict(seed=seed, device="cpu", verbose=0)
+    steps = env.n
+    if preset.algorithm == "ddpg":
+        return cls("MlpPolicy", env, warmup_episodes=preset.warmup_episodes, episode_length=steps, **common, **hp)
+    if preset.algorithm == "ppo":
+        n_steps = episodes_per_learn(preset) * steps
+        hp.pop("episodes_per_update", None)
+        # the largest divisor of the rollout up to 64: no ragged last minibatch
+        hp.setdefault("batch_size", next(b for b in range(min(64, n_steps), 0, -1) if n_steps % b == 0))
+        return cls("MlpPolicy", env, n_steps=n_steps, **common, **hp)
+    return cls("MlpPolicy", env, learning_starts=preset.warmup_episodes * steps, train_freq=(1, "episode"),
+               gradient_steps=-1, **common, **hp)
+
+
+def load_agent(preset: Preset, env: PruningEnv, path: Path) -> Any:
+    """Reload an agent saved by ``agent.save(path)``, attached to ``env``, with its replay buffer if any."""
+    agent = _classes(preset.algorithm).load(path / "agent.zip", env=env, device="cpu")
+    buffer = path / "replay.pkl"
+    if buffer.exists():
+        agent.load_replay_buffer(buffer)
+    return agent

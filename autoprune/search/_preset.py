@@ -1,0 +1,93 @@
+"""Agent presets: a YAML file names the algorithm and its settings.
+
+``--agent NAME`` finds ``agents/NAME.yaml`` shipped with autoprune;
+``--agent path.yaml`` reads a user's file. Unknown keys are refused, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .._resources import resource_dir
+from ..errors import AutopruneError, unknown_name
+
+__all__ = ["Preset", "load_preset", "list_presets", "ALGORITHMS"]
+
+ALGORITHMS = ("ddpg", "td3", "sac", "ppo")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """An agent and how long it searches.
+
+    Attributes:
+        name: the preset's name (file stem).
+        algorithm: one of :data:`ALGORITHMS`.
+        targets: MACs fractions; several make the agent conditional (CACP).
+        reward: the env's reward form.
+        criterion: channel selection inside each group.
+        episodes: episodes per target.
+        warmup_episodes: random-action episodes before learning (off-policy agents).
+        checkpoint_every: episodes between checkpoints of the run.
+        hyperparameters: passed to the algorithm's constructor.
+    """
+
+    name: str
+    algorithm: str
+    targets: tuple[float, ...] = (0.5,)
+    reward: str = "acc"
+    criterion: str = "l1"
+    episodes: int = 150
+    warmup_episodes: int = 50
+    checkpoint_every: int = 10
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise unknown_name("algorithm", self.algorithm, ALGORITHMS)
+        for key, low in (("episodes", 1), ("warmup_episodes", 0), ("checkpoint_every", 1)):
+            if getattr(self, key) < low:
+                raise AutopruneError(f"Preset {self.name!r}: {key} must be at least {low}, but got {getattr(self, key)}.")
+
+    @property
+    def total_episodes(self) -> int:
+        return self.episodes * len(self.targets)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["targets"] = list(self.targets)
+        return d
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in resource_dir("agents").glob("*.yaml"))
+
+
+def load_preset(agent: str | os.PathLike[str], **overrides: Any) -> Preset:
+    """The preset named ``agent`` (or at that path), with ``overrides`` (None values ignored) applied."""
+    text = str(agent)
+    path = Path(text) if text.endswith((".yaml", ".yml")) else resource_dir("agents") / f"{text}.yaml"
+    if not path.is_file():
+        if text.endswith((".yaml", ".yml")):
+            raise AutopruneError(f"Agent preset file {path} does not exist.")
+        raise unknown_name("agent", text, list_presets())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise AutopruneError(f"Agent preset {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise AutopruneError(f"Agent preset {path} must be a mapping of settings.")
+    data = {"name": path.stem, **data, **{k: v for k, v in overrides.items() if v is not None}}
+    known = set(Preset.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise AutopruneError(f"Agent preset {path}: unknown keys {unknown}; allowed: {sorted(known - {'name'})}.")
+    if "targets" in data:
+        data["targets"] = tuple(float(t) for t in data["targets"])
+    return Preset(**data)

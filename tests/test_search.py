@@ -1,0 +1,112 @@
+"""`autoprune search` end to end on a tiny model and synthetic images: artefacts, resume, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from autoprune.errors import AutopruneError, UnknownNameError
+from autoprune.search import SearchConfig, list_presets, load_preset, search
+from autoprune.search import _run_dir
+from autoprune.models import create
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 2)):
+        for c in range(10):
+            folder = root / "data" / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    torch.manual_seed(0)
+    torch.save({"state_dict": create("resnet20").state_dict()}, root / "r20.th")
+    return root
+
+
+def config(tiny, agent="ddpg", **kw):
+    base = dict(arch="resnet20", data_dir=str(tiny / "data"), agent=agent, checkpoint=str(tiny / "r20.th"),
+                episodes=6, holdout=20, reward_samples=10, recal_batches=1, recal_batch_size=10, device="cpu")
+    return SearchConfig(**{**base, **kw})
+
+
+def rows(path):
+    with open(path / "episodes.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("agent", ["ddpg", "td3", "sac", "ppo"])
+def test_search_writes_a_complete_run(tiny, tmp_path, agent):
+    overrides = {"ppo": {"episodes": 4}}.get(agent, {})
+    result = search(config(tiny, agent, **overrides), tmp_path / "run")
+    log = rows(tmp_path / "run")
+    assert len(log) == overrides.get("episodes", 6)
+    assert all(float(r["macs_fraction"]) <= 0.5 for r in log)
+    policy = json.loads((tmp_path / "run" / "policy.json").read_text())
+    assert set(policy["accuracy"]) == {"reward", "select", "holdout", "test"}
+    assert (tmp_path / "run" / "policy-0.5.json").is_file() and "uniform-L1" in result.table
+    assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
+
+
+def interrupt_after_first_checkpoint(monkeypatch):
+    original = _run_dir.RunDir.save_checkpoint
+
+    def save_then_interrupt(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_run_dir.RunDir, "save_checkpoint", save_then_interrupt)
+
+
+@pytest.mark.parametrize("agent", ["ddpg", "cacp", "td3"])
+def test_resume_ends_as_an_uninterrupted_run(tiny, tmp_path, monkeypatch, agent):
+    """Interrupted after the first checkpoint and resumed: the same episodes, actions and picks.
+
+    Warm-up is shorter than the first chunk, so the resumed part is the learnt actor exploring.
+    """
+    source = load_preset(agent)
+    text = (f"algorithm: {source.algorithm}\ntargets: {list(source.targets)}\nreward: {source.reward}\n"
+            f"warmup_episodes: 2\ncheckpoint_every: 3\nhyperparameters: {json.dumps(source.hyperparameters)}\n")
+    (tmp_path / f"{agent}.yaml").write_text(text)
+    agent = str(tmp_path / f"{agent}.yaml")
+    preset = dict(episodes=2) if "cacp" in agent else {}
+    search(config(tiny, agent, **preset), tmp_path / "straight")
+    with monkeypatch.context() as m:
+        interrupt_after_first_checkpoint(m)
+        with pytest.raises(KeyboardInterrupt):
+            search(config(tiny, agent, **preset), tmp_path / "resumed")
+    search(config(tiny, agent, **preset), tmp_path / "resumed", resume=True)
+    assert rows(tmp_path / "straight") == rows(tmp_path / "resumed")
+    for name in sorted(p.name for p in (tmp_path / "straight").glob("policy*.json")):
+        a = json.loads((tmp_path / "straight" / name).read_text())
+        b = json.loads((tmp_path / "resumed" / name).read_text())
+        assert a["channels"] == b["channels"] and a["accuracy"] == b["accuracy"]
+
+
+def test_conditional_run_covers_every_target(tiny, tmp_path):
+    search(config(tiny, "cacp", episodes=3), tmp_path / "cacp")
+    targets = {float(r["target"]) for r in rows(tmp_path / "cacp")}
+    assert targets <= {0.3, 0.5, 0.7} and len(rows(tmp_path / "cacp")) == 9
+    for t in targets:
+        assert (tmp_path / "cacp" / f"policy-{t:g}.json").is_file()
+
+
+def test_presets_and_bad_input(tiny, tmp_path):
+    assert {"ddpg", "cacp", "td3", "sac", "ppo"} <= set(list_presets())
+    with pytest.raises(UnknownNameError, match="Did you mean 'ddpg'"):
+        load_preset("dpg")
+    (tmp_path / "bad.yaml").write_text("algorithm: ddpg\nepisodse: 3\n")
+    with pytest.raises(AutopruneError, match=r"unknown keys \['episodse'\]"):
+        load_preset(tmp_path / "bad.yaml")
+    with pytest.raises(AutopruneError, match="episodes must be at least 1"):
+        config(tiny, episodes=0)
+    search(config(tiny, episodes=1), tmp_path / "one")
+    with pytest.raises(AutopruneError, match="already holds a run"):
+        search(config(tiny, episodes=1), tmp_path / "one")
