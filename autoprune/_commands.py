@@ -132,3 +132,36 @@ def run_prune(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'policy.json'} and {out / 'model.pt'}")
     print(f"evaluate: autoprune eval --checkpoint {out / 'model.pt'} --data-dir DATA --recal-batches 20")
     return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    import time
+
+    from .search import SearchConfig, resume_config, search
+
+    if args.resume:
+        config = resume_config(args.resume, arch=args.arch, space=args.space)
+        out = Path(args.resume)
+    else:
+        arch = _need_arch(args)
+        if not args.data_dir:
+            raise AutopruneError("--data-dir is required: the search judges policies on held-out training images.")
+        config = SearchConfig(arch=arch, data_dir=args.data_dir, agent=args.agent, checkpoint=args.checkpoint,
+                              targets=args.target_flops, episodes=args.episodes, space=args.space,
+                              dataset=args.dataset, seed=args.seed, device=args.device, holdout=args.holdout,
+                              reward_samples=args.reward_samples, recal_batches=args.recal_batches, top_k=args.top_k)
+        agent = Path(args.agent).stem
+        out = Path(args.out) if args.out else Path("runs") / f"{arch}-{agent}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = search(config, out, resume=bool(args.resume), overwrite=args.overwrite)
+    print(result.table)
+    print(f"run directory: {result.run_dir} (policy.json, policy-<target>.json, episodes.csv)")
+    return 0
+
+
+def run_export_policy(args: argparse.Namespace) -> int:
+    from .search import export_policy
+
+    policy = export_policy(args.run, args.target_flops, args.out)
+    print(f"{policy.arch} at target {args.target_flops}: {policy.macs_fraction:.2%} MACs, "
+          f"holdout top-1 {100 * policy.accuracy['holdout']:.2f}%")
+    return 0

@@ -16,6 +16,7 @@ EPILOG = """examples:
   autoprune eval --arch resnet56 --checkpoint resnet56-4bfd9763.th --data-dir data/cifar10
   autoprune prune --arch resnet56 --checkpoint resnet56-4bfd9763.th --target-flops 0.5 --out runs/r56-u50
   autoprune eval --checkpoint runs/r56-u50/model.pt --data-dir data/cifar10 --recal-batches 20
+  autoprune search --arch resnet56 --target-flops 0.5 --agent ddpg --data-dir data/cifar10
 """
 
 
@@ -78,6 +79,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace a policy already in --out")
     _add_data_args(p, required=False)
+
+    p = sub.add_parser("search", help="search per-group keep ratios with an RL agent (the main command)",
+                       description="Search how many channels each group keeps under a MACs budget. An agent (--agent) "
+                       "plays the pruning environment: one step per group, reward = holdout accuracy after BN "
+                       "recalibration. The best policies are re-judged on a disjoint part of the holdout; the winner is "
+                       "measured on the test split once, beside the uniform-L1 policy. Writes runs/<id>/ (config, "
+                       "log, episodes.csv, checkpoints, policy.json); Ctrl-C keeps the last checkpoint and "
+                       "--resume continues it.")
+    _add_model_args(p)
+    p.add_argument("--target-flops", nargs="+", type=float,
+                   help="fraction(s) of the MACs kept; a conditional agent (cacp) adds them to its trained range")
+    p.add_argument("--agent", default="cacp", help="preset name (cacp, ddpg, td3, sac, ppo) or a preset YAML; default cacp")
+    p.add_argument("--episodes", type=int, help="episodes per target (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reward-samples", type=int, default=1000,
+                   help="holdout images that score an episode; the rest re-judge the finalists (default 1000)")
+    p.add_argument("--recal-batches", type=int, default=20, help="batches of 100 training images for BN recalibration (default 20)")
+    p.add_argument("--top-k", type=int, default=5, help="finalists re-judged on the rest of the holdout (default 5)")
+    p.add_argument("--out", help="run directory (default runs/<arch>-<agent>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    _add_data_args(p, required=False)
+
+    p = sub.add_parser("export-policy", help="a policy for any target from a trained conditional agent",
+                       description="Ask the trained agent of a search run for a policy at a new target inside its "
+                       "trained range, without searching again.")
+    p.add_argument("--run", required=True, help="the search run directory")
+    p.add_argument("--target-flops", required=True, type=float, help="fraction of the MACs kept")
+    p.add_argument("--out", help="policy file to write (default RUN/policy-<target>.json)")
     return parser
 
 
@@ -86,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from . import _commands as commands
 
-        return getattr(commands, f"run_{args.command}")(args)
+        return getattr(commands, f"run_{args.command.replace('-', '_')}")(args)
     except AutopruneError as e:
         print(f"autoprune {args.command}: error: {e}", file=sys.stderr)
         return 2

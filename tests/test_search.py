@@ -110,3 +110,21 @@ def test_presets_and_bad_input(tiny, tmp_path):
     search(config(tiny, episodes=1), tmp_path / "one")
     with pytest.raises(AutopruneError, match="already holds a run"):
         search(config(tiny, episodes=1), tmp_path / "one")
+
+
+def test_command_line_search_resume_and_export(tiny, tmp_path, capsys):
+    from autoprune.cli import main
+    common = ["--data-dir", str(tiny / "data"), "--holdout", "20", "--reward-samples", "10", "--recal-batches", "1",
+              "--device", "cpu", "--checkpoint", str(tiny / "r20.th")]
+    code = main(["search", "--arch", "resnet20", "--agent", "cacp", "--episodes", "2", "--target-flops", "0.5",
+                 "--out", str(tmp_path / "run"), *common])
+    assert code == 0 and "uniform-L1" in capsys.readouterr().out
+    assert main(["export-policy", "--run", str(tmp_path / "run"), "--target-flops", "0.45"]) == 0
+    exported = json.loads((tmp_path / "run" / "policy-0.45.json").read_text())
+    assert exported["macs"] <= 0.45 * exported["base_macs"]
+    assert main(["export-policy", "--run", str(tmp_path / "run"), "--target-flops", "0.9"]) == 2
+    assert "outside [0.3, 0.7]" in capsys.readouterr().err
+    assert main(["search", "--resume", str(tmp_path / "run"), "--arch", "resnet32"]) == 2
+    assert "not 'resnet32'" in capsys.readouterr().err
+    assert main(["search", "--arch", "resnet20", "--agent", "dpg", "--out", str(tmp_path / "x"), *common]) == 2
+    assert "Did you mean 'ddpg'" in capsys.readouterr().err

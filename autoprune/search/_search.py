@@ -12,7 +12,7 @@ then measured on the whole holdout, and on the test split once.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from ._agents import build_agent, episodes_per_learn, load_agent, total_episodes
 from ._preset import Preset, load_preset
 from ._run_dir import RunDir
 
-__all__ = ["SearchConfig", "SearchResult", "search"]
+__all__ = ["SearchConfig", "SearchResult", "search", "resume_config", "export_policy"]
 
 
 @dataclass
@@ -111,8 +111,11 @@ def _callback(tracker: _Tracker) -> Any:
 
 
 def _setup(config: SearchConfig) -> tuple[Preset, PruningEnv, Evaluator, Any]:
-    preset = load_preset(config.agent, episodes=config.episodes,
-                         targets=tuple(config.targets) if config.targets else None)
+    preset = load_preset(config.agent, episodes=config.episodes)
+    if config.targets:  # a conditional preset keeps its range and adds the asked targets
+        asked = tuple(float(t) for t in config.targets)
+        targets = tuple(sorted(set(preset.targets) | set(asked))) if len(preset.targets) > 1 else asked
+        preset = replace(preset, targets=targets)
     model, sha = load_model(config.arch, config.checkpoint)
     dataset = load_dataset(config.data_dir, name=config.dataset)
     from ..models import get_model_info
@@ -133,7 +136,6 @@ def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = 
     """Run (or resume) a search into ``out`` and return the final policies per target."""
     preset, env, evaluator, space = _setup(config)
     config.preset = preset.to_dict()
-    config.targets = list(preset.targets)
     if resume:
         run, _ = RunDir.open(Path(out))
     else:
@@ -190,7 +192,7 @@ def rollout(agent: Any, env: PruningEnv, target: float) -> tuple[float, list[int
 def _finish(config: SearchConfig, run: RunDir, env: PruningEnv, evaluator: Evaluator, space: Any,
             candidates: dict[float, list[list]], agent: Any) -> SearchResult:
     rows, policies = [], {}
-    for target in config.targets:  # what the trained actor itself proposes for each target (CACP's export)
+    for target in env.config.targets:  # what the trained actor itself proposes for each target (CACP's export)
         reward, counts = rollout(agent, env, target)
         pool = candidates.setdefault(float(target), [])
         if all(c != counts for _, c in pool):
@@ -215,8 +217,46 @@ def _finish(config: SearchConfig, run: RunDir, env: PruningEnv, evaluator: Evalu
         rows.append((f"{target:g}", f"{policy.macs_fraction:.3f}", f"{policy.params_fraction:.3f}",
                      f"{100 * policy.accuracy['holdout']:.2f}", f"{100 * policy.accuracy['test']:.2f}",
                      f"{100 * u_hold:.2f}", f"{100 * u_test:.2f}"))
-    policies[float(config.targets[0])].save(run.path / "policy.json")  # the first target asked for
+    main = float(config.targets[0]) if config.targets else env.config.targets[0]
+    policies[main].save(run.path / "policy.json")  # the first target asked for
     table = format_table(["target", "MACs kept", "params kept", "holdout %", "test %", "uniform-L1 holdout %",
                           "uniform-L1 test %"], rows)
     run.log("final\n" + table)
     return SearchResult(run.path, policies, table)
+
+
+def resume_config(run_dir: str | os.PathLike[str], arch: str | None = None, space: str | None = None) -> SearchConfig:
+    """The configuration of the run in ``run_dir``; refuses an ``arch``/``space`` that differs from it."""
+    _, saved = RunDir.open(Path(run_dir))
+    saved = {k: v for k, v in saved.items() if k != "preset"}
+    for key, given in (("arch", arch), ("space", space)):
+        if given is not None and given != saved.get(key):
+            raise AutopruneError(f"{run_dir} is a run for {key} {saved.get(key)!r}, not {given!r}; "
+                                 f"resume it without --{key}, or start a new run.")
+    return SearchConfig(**saved)
+
+
+def export_policy(run_dir: str | os.PathLike[str], target: float, out: str | os.PathLike[str] | None = None) -> Policy:
+    """A policy for ``target`` from the trained agent of a run, without searching again.
+
+    Meant for conditional agents: ``target`` must lie inside the range they were trained on.
+    """
+    config = resume_config(run_dir)
+    preset, env, evaluator, space = _setup(config)
+    low, high = min(preset.targets), max(preset.targets)
+    if not low <= target <= high:
+        raise AutopruneError(f"The agent of {run_dir} was trained on targets {list(preset.targets)}; "
+                             f"{target} is outside [{low}, {high}], where its answers are extrapolations. "
+                             "Search again with that target.")
+    run = RunDir(Path(run_dir))
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is None:
+        raise AutopruneError(f"{run_dir} has no checkpoint yet: nothing trained to export from.")
+    agent = load_agent(preset, env, checkpoint[0])
+    reward, counts = rollout(agent, env, target)
+    policy = env.policy(counts, target, provenance={"agent": config.agent, "exported_from": str(run_dir)})
+    model = evaluator.prepare(space.apply(policy.channels))
+    evaluator.recalibrate(model)
+    policy.accuracy["holdout"] = evaluator.holdout(model).top1
+    policy.save(out or Path(run_dir) / f"policy-{target:g}.json")
+    return policy
