@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PRETRAINED_DIR = SHARED / "pretrained" / "cifar10"
@@ -36,3 +38,21 @@ def zoo_space(arch: str, space: str | None = None):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     return model, PrunableSpace(model, arch, space)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A 10-class 32x32 image-folder dataset (8 train, 2 test images a class) and a resnet20 checkpoint."""
+    from autoprune.models import create
+
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 2)):
+        for c in range(10):
+            folder = root / "data" / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    torch.manual_seed(0)
+    torch.save({"state_dict": create("resnet20").state_dict()}, root / "r20.th")
+    return root

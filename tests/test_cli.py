@@ -4,29 +4,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from autoprune.cli import main
-from autoprune.models import create
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A 10-class 32x32 image-folder dataset (8 train, 2 test images a class) and a resnet20 checkpoint."""
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("test", 2)):
-        for c in range(10):
-            folder = root / "data" / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    torch.manual_seed(0)
-    torch.save({"state_dict": create("resnet20").state_dict()}, root / "r20.th")
-    return root
 
 
 def run(capsys, *argv):

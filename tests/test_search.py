@@ -5,30 +5,11 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from autoprune.errors import AutopruneError, UnknownNameError
 from autoprune.search import SearchConfig, list_presets, load_preset, search
 from autoprune.search import _run_dir
-from autoprune.models import create
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("search")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("test", 2)):
-        for c in range(10):
-            folder = root / "data" / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    torch.manual_seed(0)
-    torch.save({"state_dict": create("resnet20").state_dict()}, root / "r20.th")
-    return root
 
 
 def config(tiny, agent="ddpg", **kw):
