@@ -158,7 +158,7 @@ class PruningEnv(gym.Env):
         j = min(self._t, self.n - 1)
         done = self._counts.copy()
         done[j:] = self._hi[j:]
-        removed = (self.space.macs(self._hi) - self.space.macs(done)) / self.space.macs(self._hi) if j else 0.0
+        removed = (self.space.macs(self._hi) - self.space.macs(done)) / base
         later_hi, later_lo = done.copy(), done.copy()
         later_lo[j + 1:] = self._lo[j + 1:]
         removable = (self.space.macs(later_hi) - self.space.macs(later_lo)) / base
