@@ -10,6 +10,7 @@ the analytic cost model (microseconds a query), never a forward pass.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import numpy as np
 
@@ -55,7 +56,7 @@ def check_target(space: PrunableSpace, fraction: float) -> None:
         )
 
 
-def _largest(n_steps: int, counts_at: "callable[[int], np.ndarray]", space: PrunableSpace, budget: float) -> np.ndarray:
+def _largest(n_steps: int, counts_at: Callable[[int], np.ndarray], space: PrunableSpace, budget: float) -> np.ndarray:
     """Bisection over a monotone family ``counts_at(0..n_steps)`` (growing): the last within budget."""
     lo, hi = 0, n_steps  # counts_at(lo) is within budget (checked by the caller)
     while lo < hi:

@@ -217,7 +217,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.sort(order[:k])
 
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str], PrunableSpace]]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str], PrunableSpace]] = weakref.WeakKeyDictionary()
 
 
 def space_for(model: nn.Module, arch: str, space: str | os.PathLike[str] | None = None) -> PrunableSpace:
