@@ -192,14 +192,19 @@ def rollout(agent: Any, env: PruningEnv, target: float) -> tuple[float, list[int
 def _finish(config: SearchConfig, run: RunDir, env: PruningEnv, evaluator: Evaluator, space: Any,
             candidates: dict[float, list[list]], agent: Any) -> SearchResult:
     rows, policies = [], {}
-    for target in env.config.targets:  # what the trained actor itself proposes for each target (CACP's export)
+    targets = env.config.targets
+    bar = tqdm(total=len(targets) * (config.top_k + 2), desc="final pick", unit="eval")
+    for target in targets:  # what the trained actor itself proposes for each target (CACP's export)
         reward, counts = rollout(agent, env, target)
         pool = candidates.setdefault(float(target), [])
         if all(c != counts for _, c in pool):
             pool.append([reward, counts])
     for target in sorted(candidates):
         top = sorted(candidates[target], reverse=True)[: config.top_k]
-        scored = [(env.accuracy(counts, part="select")[0], reward, counts) for reward, counts in top]
+        scored = []
+        for reward, counts in top:  # re-judged on holdout images the search never scored
+            scored.append((env.accuracy(counts, part="select")[0], reward, counts))
+            bar.update(1)
         select_acc, reward, counts = max(scored, key=lambda s: (s[0], s[1]))
         policy = env.policy(counts, target, provenance={"agent": config.agent, "seed": config.seed,
                                                           "episodes": len(candidates[target])})
@@ -212,11 +217,13 @@ def _finish(config: SearchConfig, run: RunDir, env: PruningEnv, evaluator: Evalu
         reference = evaluator.prepare(space.apply(env.policy(uniform, target).channels))
         evaluator.recalibrate(reference)
         u_hold, u_test = evaluator.holdout(reference).top1, evaluator.test(reference).top1
+        bar.update(2 + config.top_k - len(top))
         policy.save(run.path / f"policy-{target:g}.json")
         policies[target] = policy
         rows.append((f"{target:g}", f"{policy.macs_fraction:.3f}", f"{policy.params_fraction:.3f}",
                      f"{100 * policy.accuracy['holdout']:.2f}", f"{100 * policy.accuracy['test']:.2f}",
                      f"{100 * u_hold:.2f}", f"{100 * u_test:.2f}"))
+    bar.close()
     main = float(config.targets[0]) if config.targets else env.config.targets[0]
     policies[main].save(run.path / "policy.json")  # the first target asked for
     table = format_table(["target", "MACs kept", "params kept", "holdout %", "test %", "uniform-L1 holdout %",
