@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ._device import resolve_device
 from ._table import format_table
 from .checkpoints import PRETRAINED, load_model, load_pruned, save_pruned
 from .errors import AutopruneError
@@ -57,15 +56,11 @@ def run_flops(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_data(args: argparse.Namespace, mean: tuple[float, ...], std: tuple[float, ...], recal_batches: int):
-    from .data import load_dataset, make_splits
+def _evaluator(args: argparse.Namespace, arch: str, **protocol: object):  # noqa: ANN202
     from .evaluate import Evaluator
 
-    dataset = load_dataset(args.data_dir, name=args.dataset)
-    splits = make_splits(len(dataset.train_labels), holdout=args.holdout)
-    device = resolve_device(args.device)
-    return dataset, Evaluator(dataset, splits, mean=mean, std=std, device=device,
-                              batch_size=getattr(args, "batch_size", 500), recal_batches=recal_batches)
+    return Evaluator.from_data_dir(args.data_dir, arch, dataset=args.dataset, holdout=args.holdout,
+                                   device=args.device, **protocol)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -83,8 +78,9 @@ def run_eval(args: argparse.Namespace) -> int:
         if policy is not None:
             policy.validate(space_for(model, arch, policy.space), checkpoint=sha)
             model = apply(model, policy)
+    evaluator = _evaluator(args, arch, batch_size=args.batch_size, recal_batches=args.recal_batches)
+    dataset = evaluator.dataset
     info = get_model_info(arch)
-    dataset, evaluator = _load_data(args, info.mean, info.std, args.recal_batches)
     expected = model.get_submodule(info.classifier).out_features
     if expected != dataset.num_classes:
         raise AutopruneError(f"The model has {expected} outputs but {dataset.name} has {dataset.num_classes} classes.")
@@ -115,9 +111,8 @@ def run_prune(args: argparse.Namespace) -> int:
     if args.criterion == "taylor":
         if not args.data_dir:
             raise AutopruneError("--criterion taylor needs training data: pass --data-dir.")
-        info = get_model_info(arch)
-        dataset, evaluator = _load_data(args, info.mean, info.std, recal_batches=4)
-        dataset_name = dataset.name
+        evaluator = _evaluator(args, arch, recal_batches=4)
+        dataset_name = evaluator.dataset.name
         model = evaluator.prepare(model)
         batches = list(evaluator.recal_loader)
     policy, pruned = prune(model, arch, args.target_flops, method=args.method, criterion=args.criterion,

@@ -13,7 +13,7 @@ from gymnasium import spaces
 from .errors import AutopruneError, BudgetError, unknown_name
 from .evaluate import Evaluator
 from .policy import Policy, make_policy
-from .pruning import PrunableSpace, check_target, uniform_counts
+from .pruning import PrunableSpace, check_target, first_true, uniform_counts
 
 __all__ = ["PruningEnv", "EnvConfig", "REWARDS", "FEATURES"]
 
@@ -178,9 +178,9 @@ class PruningEnv(gym.Env):
             return self.space.macs(k)
 
         # MACs grow with the count, so both bounds are bisections over the options
-        over = _first(len(options), lambda i: macs_with(options[i], self._lo) > budget)
+        over = first_true(len(options), lambda i: macs_with(options[i], self._lo) > budget)
         upper = int(options[max(over - 1, 0)])  # largest count still within budget
-        lower = int(options[min(_first(len(options), lambda i: macs_with(options[i], self._hi) >= budget),
+        lower = int(options[min(first_true(len(options), lambda i: macs_with(options[i], self._hi) >= budget),
                                 len(options) - 1)])  # smallest count from which the budget is still reached
         if j == self.n - 1:
             return upper
@@ -280,14 +280,3 @@ class PruningEnv(gym.Env):
                            num_classes=num_classes, checkpoint=self.checkpoint, criterion=self.config.criterion,
                            target={"metric": "macs", "fraction": target}, provenance=provenance)
 
-
-def _first(n: int, predicate: Any) -> int:
-    """The first i in [0, n) where a monotone (False..., True...) predicate holds; n if none."""
-    lo, hi = 0, n
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if predicate(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo

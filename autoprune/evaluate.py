@@ -10,6 +10,7 @@ at the end.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import Dataset, DeviceLoader, Splits
+from ._device import resolve_device
+from .data import Dataset, DeviceLoader, Splits, load_dataset, make_splits
 from .errors import AutopruneError
 
 __all__ = ["Accuracy", "evaluate", "recalibrate_bn", "Evaluator"]
@@ -109,6 +111,7 @@ class Evaluator:
                  device: torch.device | str = "cpu", batch_size: int = 500, recal_batches: int = 0,
                  recal_batch_size: int = 100, seed: int = 0, reward_samples: int | None = None) -> None:
         self.device = torch.device(device)
+        self.dataset = dataset
         channels_last = self.device.type == "cuda"
         common = dict(mean=mean, std=std, device=self.device, channels_last=channels_last)
         holdout = dataset.train_images[splits.holdout], dataset.train_labels[splits.holdout]
@@ -126,6 +129,20 @@ class Evaluator:
             pick = splits.train[torch.randperm(len(splits.train), generator=g)[: recal_batches * recal_batch_size]]
             self.recal_loader = DeviceLoader(dataset.train_images[pick], dataset.train_labels[pick],
                                              batch_size=recal_batch_size, **common)
+
+    @classmethod
+    def from_data_dir(cls, data_dir: str | os.PathLike[str] | None, arch: str, *, dataset: str = "cifar10",
+                      holdout: int = 5000, seed: int = 0, device: str | None = "auto", **protocol: object) -> Evaluator:
+        """Load ``data_dir``, split off the seeded holdout, and judge models of ``arch`` (its normalisation).
+
+        ``protocol`` takes the remaining constructor arguments (batch sizes, recalibration, reward part).
+        """
+        from .models import get_model_info
+
+        info = get_model_info(arch)
+        data = load_dataset(data_dir, name=dataset)
+        splits = make_splits(len(data.train_labels), holdout=holdout, seed=seed)
+        return cls(data, splits, mean=info.mean, std=info.std, device=resolve_device(device), seed=seed, **protocol)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Move ``model`` to the device (channels-last on CUDA) in eval mode."""

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import BudgetError, unknown_name
 from ._space import PrunableSpace
 
-__all__ = ["parse_target", "check_target", "reachable", "uniform_counts", "global_counts", "METHODS", "counts_for_target"]
+__all__ = ["first_true", "parse_target", "check_target", "reachable", "uniform_counts", "global_counts", "METHODS", "counts_for_target"]
 
 METHODS = ("uniform", "global")
 _SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9}
@@ -56,16 +56,22 @@ def check_target(space: PrunableSpace, fraction: float) -> None:
         )
 
 
-def _largest(n_steps: int, counts_at: Callable[[int], np.ndarray], space: PrunableSpace, budget: float) -> np.ndarray:
-    """Bisection over a monotone family ``counts_at(0..n_steps)`` (growing): the last within budget."""
-    lo, hi = 0, n_steps  # counts_at(lo) is within budget (checked by the caller)
+def first_true(n: int, predicate: Callable[[int], bool]) -> int:
+    """The first i in [0, n) where a monotone (False..., True...) predicate holds; n if none."""
+    lo, hi = 0, n
     while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if space.macs(counts_at(mid)) <= budget:
-            lo = mid
+        mid = (lo + hi) // 2
+        if predicate(mid):
+            hi = mid
         else:
-            hi = mid - 1
-    return counts_at(lo)
+            lo = mid + 1
+    return lo
+
+
+def _largest(n_steps: int, counts_at: Callable[[int], np.ndarray], space: PrunableSpace, budget: float) -> np.ndarray:
+    """The last of a growing family ``counts_at(0..n_steps)`` within budget (``counts_at(0)`` is)."""
+    over = first_true(n_steps + 1, lambda i: space.macs(counts_at(i)) > budget)
+    return counts_at(max(over - 1, 0))
 
 
 def uniform_counts(space: PrunableSpace, fraction: float) -> np.ndarray:

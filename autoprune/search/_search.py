@@ -19,10 +19,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._device import resolve_device
 from .._table import format_table
 from ..checkpoints import load_model
-from ..data import load_dataset, make_splits
 from ..env import EnvConfig, PruningEnv
 from ..errors import AutopruneError
 from ..evaluate import Evaluator
@@ -117,18 +115,13 @@ def _setup(config: SearchConfig) -> tuple[Preset, PruningEnv, Evaluator, Any]:
         targets = tuple(sorted(set(preset.targets) | set(asked))) if len(preset.targets) > 1 else asked
         preset = replace(preset, targets=targets)
     model, sha = load_model(config.arch, config.checkpoint)
-    dataset = load_dataset(config.data_dir, name=config.dataset)
-    from ..models import get_model_info
-    info = get_model_info(config.arch)
-    device = resolve_device(config.device)
-    evaluator = Evaluator(dataset, make_splits(len(dataset.train_labels), holdout=config.holdout, seed=config.seed),
-                          mean=info.mean, std=info.std, device=device, recal_batches=config.recal_batches,
-                          recal_batch_size=config.recal_batch_size, seed=config.seed,
-                          reward_samples=config.reward_samples)
+    evaluator = Evaluator.from_data_dir(config.data_dir, config.arch, dataset=config.dataset, holdout=config.holdout,
+                                        seed=config.seed, device=config.device, recal_batches=config.recal_batches,
+                                        recal_batch_size=config.recal_batch_size, reward_samples=config.reward_samples)
     space = space_for(model, config.arch, config.space)
     env = PruningEnv(space, evaluator, EnvConfig(targets=preset.targets, reward=preset.reward,
                                                  criterion=preset.criterion),
-                     dataset=dataset.name, checkpoint=sha)
+                     dataset=evaluator.dataset.name, checkpoint=sha)
     return preset, env, evaluator, space
 
 
@@ -145,7 +138,6 @@ def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = 
         env.reset(seed=config.seed)
         agent = build_agent(preset, env, config.seed)
         done, candidates = 0, {}
-        run.truncate_episodes(0)
     else:
         folder, state = checkpoint
         env.load_state_dict(state["env"])
