@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +16,12 @@ from .evaluate import Evaluator
 from .policy import Policy, make_policy
 from .pruning import PrunableSpace, check_target, first_true, uniform_counts
 
-__all__ = ["PruningEnv", "EnvConfig", "REWARDS", "FEATURES"]
+__all__ = ["PruningEnv", "EnvConfig", "REWARDS", "FEATURES", "TIMED"]
 
 REWARDS = ("acc", "err-log-flops", "normalized")
 FEATURES = ("target", "t", "kind", "in_channels", "channels", "kernel", "stride", "fmap",
             "group_macs", "removed_macs", "removable_macs", "previous_action")
+TIMED = ("apply", "recalibrate", "evaluate")
 _KINDS = {"conv": 0.0, "depthwise": 0.5, "residual": 1.0}
 
 
@@ -96,6 +98,8 @@ class PruningEnv(gym.Env):
     episodes visits every target once, in an order drawn from (seed, round),
     so targets get equal episodes and a resumed search draws the targets an
     uninterrupted one would; or the target is given as ``reset(options={"target": x})``.
+    ``options={"screen": f}`` makes the episode's evaluation multi-fidelity: ``f`` gets the
+    accuracy on a quarter of the reward images first and may raise to abandon the episode.
 
     ## Episode End
     Terminates after the last searchable group; never truncated.
@@ -131,12 +135,14 @@ class PruningEnv(gym.Env):
         self._cache: dict[tuple[int, ...], float] = {}
         self._reference: dict[float, float] = {}
         self.evaluations = 0
+        self.timings = dict.fromkeys(TIMED, 0.0)  # seconds spent in each part of the evaluations
         self.episodes = 0
         self._seed = 0
         self._counts = self._hi.copy()
         self._t = 0
         self._target = config.targets[0]
         self._previous = 1.0
+        self._screen: Callable[[float], None] | None = None
 
     # -- features -----------------------------------------------------------
     def _static_features(self) -> np.ndarray:
@@ -199,6 +205,7 @@ class PruningEnv(gym.Env):
             order = np.random.default_rng([self._seed, self.episodes // n]).permutation(n)
             target = float(self.config.targets[order[self.episodes % n]])
         self._target = target
+        self._screen = (options or {}).get("screen")
         self._counts = self._hi.copy()
         self._t = 0
         self._previous = 1.0
@@ -233,18 +240,41 @@ class PruningEnv(gym.Env):
         self.episodes, self._seed, self.evaluations = state["episodes"], state["seed"], state["evaluations"]
 
     # -- the end of an episode -------------------------------------------------
-    def accuracy(self, counts: Sequence[int], part: str | None = None) -> tuple[float, bool]:
-        """Holdout accuracy of the policy keeping ``counts`` (cached by counts); and whether it was cached."""
+    def accuracy(self, counts: Sequence[int], part: str | None = None,
+                 screen: Callable[[float], None] | None = None) -> tuple[float, bool]:
+        """Holdout accuracy of the policy keeping ``counts`` (cached by counts); and whether it was cached.
+
+        ``screen`` (multi-fidelity, "reward" part only) is called with the accuracy on the part's
+        first quarter before the rest is evaluated on the same recalibrated model; it may raise to
+        stop there, and then nothing is cached.
+        """
         key = tuple(int(c) for c in counts)
         part = part or self._part()
         if (key, part) in self._cache:
             return self._cache[(key, part)], True
+        start = time.perf_counter()
         model = self.evaluator.prepare(self.space.apply(self.space.select(counts, self._scores)))
+        applied = time.perf_counter()
         self.evaluator.recalibrate(model)
-        acc = self.evaluator.holdout(model, part=part).top1
+        recalibrated = time.perf_counter()
+        self.timings["apply"] += applied - start
+        self.timings["recalibrate"] += recalibrated - applied
+        try:
+            acc = self._score(model, part, screen)
+        finally:
+            self.timings["evaluate"] += time.perf_counter() - recalibrated
         self._cache[(key, part)] = acc
         self.evaluations += 1
         return acc, False
+
+    def _score(self, model: Any, part: str, screen: Callable[[float], None] | None) -> float:
+        if screen is None or part != "reward":
+            return self.evaluator.holdout(model, part=part).top1
+        first = self.evaluator.holdout(model, part="screen")
+        screen(first.top1)
+        rest = self.evaluator.holdout(model, part="rest")
+        correct = round(first.top1 * first.samples) + round(rest.top1 * rest.samples)
+        return correct / (first.samples + rest.samples)
 
     def _part(self) -> str:
         return self.config.part if self.config.part in self.evaluator.parts else "all"
@@ -252,7 +282,7 @@ class PruningEnv(gym.Env):
     def _finish(self) -> tuple[float, dict]:
         self.episodes += 1
         counts = self._counts.copy()
-        acc, cached = self.accuracy(counts)
+        acc, cached = self.accuracy(counts, screen=self._screen)
         cost = self.space.cost(counts)
         if self.config.reward == "acc":
             reward = acc

@@ -104,7 +104,9 @@ class Evaluator:
         seed: fixes which training images recalibrate BN, so every policy sees the same ones.
         reward_samples: the first this many holdout images score a search ("reward" part); the
             rest ("select" part) re-judge its best candidates, so the final pick is made on images
-            the search never optimised (the winner's curse). None: no split.
+            the search never optimised (the winner's curse). None: no split. The reward part is
+            itself split into its first quarter ("screen") and the rest ("rest"), so a
+            multi-fidelity search can stop early on hopeless policies.
     """
 
     def __init__(self, dataset: Dataset, splits: Splits, *, mean: tuple[float, ...], std: tuple[float, ...],
@@ -122,6 +124,10 @@ class Evaluator:
         if reward_samples is not None:
             self.parts["reward"] = DeviceLoader(*(t[:reward_samples] for t in holdout), batch_size=batch_size, **common)
             self.parts["select"] = DeviceLoader(*(t[reward_samples:] for t in holdout), batch_size=batch_size, **common)
+            quarter = max(reward_samples // 4, 1)  # multi-fidelity: "screen" then "rest" make up "reward"
+            self.parts["screen"] = DeviceLoader(*(t[:quarter] for t in holdout), batch_size=batch_size, **common)
+            self.parts["rest"] = DeviceLoader(*(t[quarter:reward_samples] for t in holdout), batch_size=batch_size,
+                                              **common)
         self.test_loader = DeviceLoader(dataset.test_images, dataset.test_labels, batch_size=batch_size, **common)
         self.recal_batches = recal_batches
         if recal_batches > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 from pathlib import Path
 
@@ -56,3 +57,18 @@ def tiny(tmp_path_factory):
     torch.manual_seed(0)
     torch.save({"state_dict": create("resnet20").state_dict()}, root / "r20.th")
     return root
+
+
+def search_config(tiny: Path, agent: str = "ddpg", **overrides):
+    """A SearchConfig for the ``tiny`` fixture: resnet20, 20 holdout images, one recalibration batch."""
+    from autoprune.search import SearchConfig
+
+    base = dict(arch="resnet20", data_dir=str(tiny / "data"), agent=agent, checkpoint=str(tiny / "r20.th"),
+                episodes=6, holdout=20, reward_samples=10, recal_batches=1, recal_batch_size=10, device="cpu")
+    return SearchConfig(**{**base, **overrides})
+
+
+def episode_rows(run: Path) -> list[dict[str, str]]:
+    """The rows of a run's episodes.csv."""
+    with open(run / "episodes.csv", newline="") as f:
+        return list(csv.DictReader(f))

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
+from conftest import episode_rows as rows
+from conftest import search_config as config
 
 from autoprune.errors import AutopruneError, UnknownNameError
-from autoprune.search import SearchConfig, list_presets, load_preset, search
+from autoprune.search import list_presets, load_preset, search
 from autoprune.search import _run_dir
-
-
-def config(tiny, agent="ddpg", **kw):
-    base = dict(arch="resnet20", data_dir=str(tiny / "data"), agent=agent, checkpoint=str(tiny / "r20.th"),
-                episodes=6, holdout=20, reward_samples=10, recal_batches=1, recal_batch_size=10, device="cpu")
-    return SearchConfig(**{**base, **kw})
-
-
-def rows(path):
-    with open(path / "episodes.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.parametrize("agent", ["ddpg", "td3", "sac", "ppo"])

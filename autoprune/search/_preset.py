@@ -17,9 +17,11 @@ import yaml
 from .._resources import resource_dir
 from ..errors import AutopruneError, unknown_name
 
-__all__ = ["Preset", "load_preset", "list_presets", "ALGORITHMS"]
+__all__ = ["Preset", "load_preset", "list_presets", "ALGORITHMS", "RL_ALGORITHMS", "OPTUNA_ALGORITHMS"]
 
-ALGORITHMS = ("ddpg", "td3", "sac", "ppo")
+RL_ALGORITHMS = ("ddpg", "td3", "sac", "ppo")
+OPTUNA_ALGORITHMS = ("tpe", "cmaes", "random", "qmc", "nsga2")
+ALGORITHMS = RL_ALGORITHMS + OPTUNA_ALGORITHMS
 
 
 @dataclass(frozen=True)
@@ -29,13 +31,18 @@ class Preset:
     Attributes:
         name: the preset's name (file stem).
         algorithm: one of :data:`ALGORITHMS`.
-        targets: MACs fractions; several make the agent conditional (CACP).
+        targets: MACs fractions; several make an RL agent conditional (CACP), run one Optuna
+            study per target, or span the range of NSGA-II's budgets.
         reward: the env's reward form.
         criterion: channel selection inside each group.
-        episodes: episodes per target.
-        warmup_episodes: random-action episodes before learning (off-policy agents).
-        checkpoint_every: episodes between checkpoints of the run.
-        hyperparameters: passed to the algorithm's constructor.
+        episodes: episodes (trials) per target; NSGA-II: in all.
+        warmup_episodes: random-action episodes before learning (off-policy agents), or the
+            sampler's random start-up trials (Optuna).
+        checkpoint_every: episodes between checkpoints of the run (RL; an Optuna study saves
+            every trial).
+        multi_fidelity: Optuna only: score a quarter of the reward images first and let a
+            median pruner stop trials below the median there.
+        hyperparameters: passed to the algorithm's (or sampler's) constructor.
     """
 
     name: str
@@ -46,18 +53,26 @@ class Preset:
     episodes: int = 150
     warmup_episodes: int = 50
     checkpoint_every: int = 10
+    multi_fidelity: bool = False
     hyperparameters: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise unknown_name("algorithm", self.algorithm, ALGORITHMS)
+        if self.algorithm == "nsga2" and len(self.targets) < 2:
+            raise AutopruneError(f"Preset {self.name!r}: nsga2 searches a range of budgets; give at least two "
+                                 f"targets (their min and max bound it), but got {list(self.targets)}.")
         for key, low in (("episodes", 1), ("warmup_episodes", 0), ("checkpoint_every", 1)):
             if getattr(self, key) < low:
                 raise AutopruneError(f"Preset {self.name!r}: {key} must be at least {low}, but got {getattr(self, key)}.")
 
     @property
+    def optuna(self) -> bool:
+        return self.algorithm in OPTUNA_ALGORITHMS
+
+    @property
     def total_episodes(self) -> int:
-        return self.episodes * len(self.targets)
+        return self.episodes if self.algorithm == "nsga2" else self.episodes * len(self.targets)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

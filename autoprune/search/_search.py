@@ -1,17 +1,17 @@
-"""`autoprune search`: train an agent on the pruning environment, then pick and report policies.
+"""`autoprune search`: run an agent on the pruning environment, then pick and report policies.
 
-The search runs in chunks of episodes; after each chunk the run directory
-gets a complete checkpoint (agent, replay buffer, environment cache, RNG
-states), so Ctrl-C loses at most the current chunk and ``--resume`` continues
-as if nothing had happened. The final pick guards against the winner's
-curse: the best ``top_k`` policies by reward (scored on the holdout's
-"reward" part) are re-scored on its disjoint "select" part; the winner is
-then measured on the whole holdout, and on the test split once.
+RL agents (``_rl``) and Optuna studies (``_study``) play the same env, so their
+policies are judged by one evaluator and one cost model. The final pick
+guards against the winner's curse: the best ``top_k`` policies by reward
+(scored on the holdout's "reward" part) are re-scored on its disjoint
+"select" part; the winner is then measured on the whole holdout, and on the
+test split once.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,13 @@ from ..errors import AutopruneError
 from ..evaluate import Evaluator
 from ..policy import Policy
 from ..pruning import space_for, uniform_counts
-from ._agents import build_agent, episodes_per_learn, load_agent, total_episodes
+from ._agents import load_agent
 from ._preset import Preset, load_preset
+from ._rl import rollout, run_rl
 from ._run_dir import RunDir
+from ._tracker import Tracker
 
-__all__ = ["SearchConfig", "SearchResult", "search", "resume_config", "export_policy"]
+__all__ = ["SearchConfig", "SearchResult", "search", "setup", "resume_config", "export_policy"]
 
 
 @dataclass
@@ -52,6 +54,13 @@ class SearchConfig:
     recal_batches: int = 20
     recal_batch_size: int = 100
     top_k: int = 5
+    multi_fidelity: bool | None = None  # Optuna; None: the preset's
+    storage: str | None = None  # Optuna; None: SQLite in the run directory
+    study_name: str | None = None  # Optuna; None: the run directory's name
+    workers: int = 1  # Optuna: trials evaluated at once
+    ray: bool = False  # Optuna: run the trials through Ray Tune
+    ray_address: str | None = None  # None: a local Ray
+    warm_start: list[str] = field(default_factory=list)  # Optuna: policy files to try first
     preset: dict[str, Any] = field(default_factory=dict)  # filled in: the resolved preset
 
     def __post_init__(self) -> None:
@@ -59,61 +68,41 @@ class SearchConfig:
             raise AutopruneError(f"--episodes must be at least 1, but got {self.episodes}.")
         if self.top_k < 1:
             raise AutopruneError(f"--top-k must be at least 1, but got {self.top_k}.")
+        if self.workers < 1:
+            raise AutopruneError(f"--workers must be at least 1, but got {self.workers}.")
 
 
 @dataclass
 class SearchResult:
+    """What a search produced.
+
+    Attributes:
+        run_dir: the run directory.
+        policies: the final policy per target.
+        table: the printed table.
+        uniform: holdout and test accuracy of the uniform-L1 policy per target.
+        evaluations: distinct policies evaluated during the search (cache hits excluded).
+        seconds: wall time of this process's search (without the final pick), and its split.
+    """
+
     run_dir: Path
     policies: dict[float, Policy]
     table: str
+    uniform: dict[float, tuple[float, float]]
+    evaluations: int
+    seconds: dict[str, float]
 
 
-class _Tracker:
-    """Per-episode bookkeeping: the CSV, the progress bar, the best candidates per target."""
-
-    def __init__(self, run: RunDir, space_channels: np.ndarray, total: int, done: int, candidates: dict) -> None:
-        self.run, self.channels = run, space_channels
-        self.candidates: dict[float, list[list]] = candidates  # target -> [[reward, counts], ...]
-        self.episodes = done
-        self.bar = tqdm(total=total, initial=done, desc="search", unit="ep")
-
-    def episode(self, info: dict[str, Any], reward: float) -> None:
-        self.episodes += 1
-        policy: Policy = info["policy"]
-        target = float(info["target"])
-        ratios = np.asarray(info["counts"]) / self.channels
-        self.run.append_episode({
-            "episode": self.episodes, "target": target, "reward": f"{reward:.6f}", "accuracy": f"{info['accuracy']:.6f}",
-            "macs_fraction": f"{policy.macs_fraction:.6f}", "params_fraction": f"{policy.params_fraction:.6f}",
-            "cached": int(info["cached"]), "ratios": " ".join(f"{r:.4f}" for r in ratios)})
-        pool = self.candidates.setdefault(target, [])
-        counts = [int(c) for c in info["counts"]]
-        if all(c != counts for _, c in pool):
-            pool.append([float(reward), counts])
-        best = max(pool)
-        self.bar.set_postfix(best=f"{best[0]:.4f}", macs=f"{policy.macs_fraction:.3f}", target=target)
-        self.bar.update(1)
-
-
-def _callback(tracker: _Tracker) -> Any:
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    class EpisodeCallback(BaseCallback):
-        def _on_step(self) -> bool:
-            for done, info, reward in zip(self.locals["dones"], self.locals["infos"], self.locals["rewards"]):
-                if done and "policy" in info:
-                    tracker.episode(info, float(reward))
-            return True
-
-    return EpisodeCallback()
-
-
-def _setup(config: SearchConfig) -> tuple[Preset, PruningEnv, Evaluator, Any]:
-    preset = load_preset(config.agent, episodes=config.episodes)
-    if config.targets:  # a conditional preset keeps its range and adds the asked targets
+def setup(config: SearchConfig) -> tuple[Preset, PruningEnv, Evaluator, Any]:
+    """The preset, environment, evaluator and prunable space a run of ``config`` uses."""
+    preset = load_preset(config.agent, episodes=config.episodes, multi_fidelity=config.multi_fidelity)
+    if config.targets:  # a multi-target preset keeps its range and adds the asked targets
         asked = tuple(float(t) for t in config.targets)
         targets = tuple(sorted(set(preset.targets) | set(asked))) if len(preset.targets) > 1 else asked
         preset = replace(preset, targets=targets)
+    if (config.workers > 1 or config.ray) and not preset.optuna:
+        raise AutopruneError(f"--workers and --ray run Optuna agents in parallel; {preset.name!r} is an RL agent "
+                             "that learns from one episode after another.")
     model, sha = load_model(config.arch, config.checkpoint)
     evaluator = Evaluator.from_data_dir(config.data_dir, config.arch, dataset=config.dataset, holdout=config.holdout,
                                         seed=config.seed, device=config.device, recal_batches=config.recal_batches,
@@ -127,66 +116,44 @@ def _setup(config: SearchConfig) -> tuple[Preset, PruningEnv, Evaluator, Any]:
 
 def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False) -> SearchResult:
     """Run (or resume) a search into ``out`` and return the final policies per target."""
-    preset, env, evaluator, space = _setup(config)
+    preset, env, evaluator, space = setup(config)
     config.preset = preset.to_dict()
     if resume:
         run, _ = RunDir.open(Path(out))
     else:
         run = RunDir.create(Path(out), asdict(config), overwrite=overwrite)
-    checkpoint = run.latest_checkpoint() if resume else None
-    if checkpoint is None:
-        env.reset(seed=config.seed)
-        agent = build_agent(preset, env, config.seed)
-        done, candidates = 0, {}
-    else:
-        folder, state = checkpoint
-        env.load_state_dict(state["env"])
-        agent = load_agent(preset, env, folder)
-        RunDir.restore_rng(folder)  # after load(), which reseeds the global generators
-        # SB3 would reset the env with the seed again (restarting the target schedule); an
-        # uninterrupted run resets without one at this point, so do the same.
-        agent.get_env()._seeds = [None] * agent.get_env().num_envs
-        done = state["episodes"]
-        candidates = {float(t): v for t, v in state["candidates"].items()}
-        run.truncate_episodes(done)
-        run.log(f"resumed after episode {done}")
-    total = total_episodes(preset)
-    channels = np.array([g.channels for g in space.searchable])
-    tracker = _Tracker(run, channels, total, done, candidates)
-    callback = _callback(tracker)
-    chunk = episodes_per_learn(preset)
+    tracker = Tracker(run, np.array([g.channels for g in space.searchable]))
+    started = time.perf_counter()
+    agent = None
     try:
-        while tracker.episodes < total:
-            n = min(chunk, total - tracker.episodes)
-            agent.learn(total_timesteps=n * env.n, reset_num_timesteps=False, callback=callback)
-            run.save_checkpoint(tracker.episodes, agent, {
-                "episodes": tracker.episodes, "env": env.state_dict(),
-                "candidates": {t: v for t, v in tracker.candidates.items()}})
-            run.log(f"checkpoint after episode {tracker.episodes}; evaluations so far {env.evaluations}")
+        if preset.optuna:
+            from ._study import run_optuna
+
+            identity = {"arch": config.arch, "space": space.name, "dataset": evaluator.dataset.name,
+                        "checkpoint": env.checkpoint, "criterion": preset.criterion, "reward": preset.reward}
+            candidates, _ = run_optuna(config, preset, env, run, tracker, identity, resume)
+        else:
+            agent = run_rl(preset, env, run, tracker, config.seed, resume)
+            candidates = tracker.candidates
     finally:
-        tracker.bar.close()
-    return _finish(config, run, env, evaluator, space, tracker.candidates, agent)
-
-
-def rollout(agent: Any, env: PruningEnv, target: float) -> tuple[float, list[int]]:
-    """Reward and kept counts of the agent's deterministic policy at ``target``.
-
-    A conditional agent answers for any target in its range, without searching again.
-    """
-    obs, _ = env.reset(options={"target": target})
-    done = False
-    while not done:
-        action, _ = agent.predict(obs, deterministic=True)
-        obs, reward, done, _, info = env.step(action)
-    return float(reward), [int(c) for c in info["counts"]]
+        tracker.close()
+    seconds = {"search": time.perf_counter() - started, **env.timings}
+    run.log("time split (s): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items())
+            + f"; evaluations {env.evaluations}")
+    return _finish(config, run, env, evaluator, space, candidates, agent, seconds, env.evaluations)
 
 
 def _finish(config: SearchConfig, run: RunDir, env: PruningEnv, evaluator: Evaluator, space: Any,
-            candidates: dict[float, list[list]], agent: Any) -> SearchResult:
-    rows, policies = [], {}
+            candidates: dict[float, list[list]], agent: Any, seconds: dict[str, float], evaluations: int
+            ) -> SearchResult:
+    rows, policies, references = [], {}, {}
     targets = env.config.targets
+    missing = [t for t in targets if agent is None and not candidates.get(float(t))]
+    if missing:
+        raise AutopruneError(f"No finished episode meets the target(s) {missing}: nothing to pick from. "
+                             "Search longer (--episodes).")
     bar = tqdm(total=len(targets) * (config.top_k + 2), desc="final pick", unit="eval")
-    for target in targets:  # what the trained actor itself proposes for each target (CACP's export)
+    for target in targets if agent is not None else ():  # what the trained actor proposes (CACP's export)
         reward, counts = rollout(agent, env, target)
         pool = candidates.setdefault(float(target), [])
         if all(c != counts for _, c in pool):
@@ -209,6 +176,7 @@ def _finish(config: SearchConfig, run: RunDir, env: PruningEnv, evaluator: Evalu
         reference = evaluator.prepare(space.apply(env.policy(uniform, target).channels))
         evaluator.recalibrate(reference)
         u_hold, u_test = evaluator.holdout(reference).top1, evaluator.test(reference).top1
+        references[target] = (u_hold, u_test)
         bar.update(2 + config.top_k - len(top))
         policy.save(run.path / f"policy-{target:g}.json")
         policies[target] = policy
@@ -221,7 +189,7 @@ def _finish(config: SearchConfig, run: RunDir, env: PruningEnv, evaluator: Evalu
     table = format_table(["target", "MACs kept", "params kept", "holdout %", "test %", "uniform-L1 holdout %",
                           "uniform-L1 test %"], rows)
     run.log("final\n" + table)
-    return SearchResult(run.path, policies, table)
+    return SearchResult(run.path, policies, table, references, evaluations, seconds)
 
 
 def resume_config(run_dir: str | os.PathLike[str], arch: str | None = None, space: str | None = None) -> SearchConfig:
@@ -241,7 +209,10 @@ def export_policy(run_dir: str | os.PathLike[str], target: float, out: str | os.
     Meant for conditional agents: ``target`` must lie inside the range they were trained on.
     """
     config = resume_config(run_dir)
-    preset, env, evaluator, space = _setup(config)
+    preset, env, evaluator, space = setup(config)
+    if preset.optuna:
+        raise AutopruneError(f"{run_dir} is an Optuna run ({preset.algorithm}): it has no agent that answers for "
+                             "new targets; its policies are the policy-<target>.json files (NSGA-II: front/).")
     low, high = min(preset.targets), max(preset.targets)
     if not low <= target <= high:
         raise AutopruneError(f"The agent of {run_dir} was trained on targets {list(preset.targets)}; "
@@ -252,7 +223,7 @@ def export_policy(run_dir: str | os.PathLike[str], target: float, out: str | os.
     if checkpoint is None:
         raise AutopruneError(f"{run_dir} has no checkpoint yet: nothing trained to export from.")
     agent = load_agent(preset, env, checkpoint[0])
-    reward, counts = rollout(agent, env, target)
+    _, counts = rollout(agent, env, target)
     policy = env.policy(counts, target, provenance={"agent": config.agent, "exported_from": str(run_dir)})
     model = evaluator.prepare(space.apply(policy.channels))
     evaluator.recalibrate(model)

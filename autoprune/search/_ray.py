@@ -1,0 +1,92 @@
+"""An Optuna study run through Ray Tune: OptunaSearch proposes, one Tune trial plays one episode.
+
+The driver's OptunaSearch writes into the run's own study (same storage, same
+name), so a Ray run leaves the artefacts a serial one does and ``--resume``
+continues it either way. Each Ray worker builds its env once and reuses it
+(``reuse_actors``). Multi-fidelity pruning does not apply here: a Tune trial
+is one evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from typing import Any
+
+from ..env import PruningEnv
+from ._optuna import distributions, finished_trials, make_sampler, play
+from ._preset import Preset
+from ._tracker import Tracker
+
+__all__ = ["run_ray", "connect"]
+
+_ENVS: dict[str, PruningEnv] = {}  # per Ray worker process: the env of the search it serves
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> None:
+    """Join the Ray cluster at ``address``, or start a local Ray (nothing to set up)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+
+
+def _episode(params: dict[str, float], search: dict[str, Any], target: float | None) -> None:
+    from optuna.trial import FixedTrial
+    from ray import tune
+
+    from ._search import SearchConfig, setup
+
+    key = json.dumps(search, sort_keys=True)
+    if key not in _ENVS:
+        _ENVS.clear()
+        _ENVS[key] = setup(SearchConfig(**search))[1]
+    reward, info = play(FixedTrial(params), _ENVS[key], target)
+    policy = info["policy"]
+    tune.report({"reward": reward, "accuracy": float(info["accuracy"]), "macs_fraction": policy.macs_fraction,
+                 "params_fraction": policy.params_fraction, "target": float(info["target"]),
+                 "counts": " ".join(str(int(c)) for c in info["counts"]), "cached": bool(info["cached"])})
+
+
+def run_ray(config: Any, preset: Preset, env: PruningEnv, storage: Any, name: str, target: float | None,
+            n_trials: int, tracker: Tracker) -> None:
+    """Run study ``name`` to ``n_trials`` finished trials as Ray Tune trials, ``config.workers`` at a time."""
+    import optuna
+    from ray import tune
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    remaining = n_trials - len(finished_trials(study))
+    if remaining <= 0:
+        return
+    connect(config.ray_address, num_cpus=os.cpu_count() if config.ray_address is None else None)
+    multi = preset.algorithm == "nsga2"
+    searcher = _searcher(space=distributions(env, preset), metric=["accuracy", "macs_fraction"] if multi else "reward",
+                            mode=["max", "min"] if multi else "max", sampler=make_sampler(preset, config.seed),
+                            storage=storage, study_name=name)
+    gpus = 1.0 / config.workers if env.evaluator.device.type == "cuda" else 0.0
+    trainable = tune.with_resources(tune.with_parameters(_episode, search=asdict(config), target=target),
+                                    {"cpu": 1, "gpu": gpus})
+    tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+                                                              max_concurrent_trials=config.workers, reuse_actors=True),
+                       run_config=tune.RunConfig(name=name, storage_path=str((tracker.run.path / "ray").resolve()),
+                                                 verbose=0))
+    tuner.fit()
+    tracker.advance(remaining)
+
+
+def _searcher(**kwargs: Any) -> Any:
+    """Ray's OptunaSearch that also records each episode's attributes on its Optuna trial, as a serial run does."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    class RecordingOptunaSearch(OptunaSearch):
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if result and "counts" in result and trial_id in self._ot_trials:
+                trial = self._ot_trials[trial_id]  # the open Optuna trial behind this Tune trial
+                trial.set_user_attr("counts", [int(c) for c in result["counts"].split()])
+                for key in ("accuracy", "target", "macs_fraction", "params_fraction", "cached"):
+                    trial.set_user_attr(key, result[key])
+            super().on_trial_complete(trial_id, result, error)
+
+    return RecordingOptunaSearch(**kwargs)

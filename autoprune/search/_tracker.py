@@ -1,0 +1,77 @@
+"""Per-episode bookkeeping of a search: the CSV row, TensorBoard scalars, the progress bar, the candidates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._run_dir import RunDir
+
+__all__ = ["Tracker", "episode_row"]
+
+
+def episode_row(episode: int, target: float, reward: float, accuracy: float, macs_fraction: float,
+                params_fraction: float, cached: bool, ratios: np.ndarray) -> dict[str, Any]:
+    """One line of episodes.csv."""
+    return {"episode": episode, "target": target, "reward": f"{reward:.6f}", "accuracy": f"{accuracy:.6f}",
+            "macs_fraction": f"{macs_fraction:.6f}", "params_fraction": f"{params_fraction:.6f}",
+            "cached": int(cached), "ratios": " ".join(f"{r:.4f}" for r in ratios)}
+
+
+class Tracker:
+    """Records each finished episode; keeps the distinct policies per target with their rewards."""
+
+    def __init__(self, run: RunDir, channels: np.ndarray) -> None:
+        self.run, self.channels = run, channels
+        self.candidates: dict[float, list[list]] = {}  # target -> [[reward, counts], ...]
+        self.episodes = self.total = 0
+        self.bar: tqdm | None = None
+        self._writer: Any = None
+
+    def start(self, total: int, done: int, candidates: dict[float, list[list]]) -> None:
+        self.total, self.episodes, self.candidates = total, done, candidates
+        self.bar = tqdm(total=total, initial=done, desc="search", unit="ep")
+
+    def _tensorboard(self) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._writer = SummaryWriter(str(self.run.path / "tb"))
+        return self._writer
+
+    def episode(self, info: dict[str, Any], reward: float) -> None:
+        """An episode that ended with ``info`` (the env's) and ``reward``."""
+        self.episodes += 1
+        policy = info["policy"]
+        target = float(info["target"])
+        counts = [int(c) for c in info["counts"]]
+        self.run.append_episode(episode_row(self.episodes, target, reward, info["accuracy"], policy.macs_fraction,
+                                            policy.params_fraction, info["cached"], np.asarray(counts) / self.channels))
+        pool = self.candidates.setdefault(target, [])
+        if all(c != counts for _, c in pool):
+            pool.append([float(reward), counts])
+        best = max(pool)
+        self.scalars(self.episodes, target, reward, info["accuracy"], policy.macs_fraction, best[0])
+        self.advance(best=f"{best[0]:.4f}", macs=f"{policy.macs_fraction:.3f}", target=target)
+
+    def scalars(self, episode: int, target: float, reward: float, accuracy: float, macs_fraction: float,
+                best: float) -> None:
+        """TensorBoard curves of one episode, per target."""
+        tb = self._tensorboard()
+        for key, value in (("reward", reward), ("accuracy", accuracy), ("macs_fraction", macs_fraction),
+                           ("best_reward", best)):
+            tb.add_scalar(f"target_{target:g}/{key}", value, episode)
+
+    def advance(self, n: int = 1, **postfix: Any) -> None:
+        """Move the bar (also for trials that ended without an episode: pruned ones, other workers')."""
+        if self.bar is not None:
+            if postfix:
+                self.bar.set_postfix(**postfix)
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,159 @@
+"""Benchmark the search on the shared CIFAR-10 data and print its tables.
+
+    python scripts/bench_search.py [--cells all] [--episodes 150] [--results bench-results/search]
+
+Every cell is one `autoprune search` run of the pretrained resnet56 (the
+library call, as the CLI makes it), with BN-recalibrated, not fine-tuned,
+accuracies. A cell's result is stored as JSON in --results (its run
+directory under runs/, policies included) and reused by
+later invocations (delete it, or --force, to measure again), so the long
+benchmark can be run in parts; the tables are printed from what is there.
+
+Cells:
+  agents       every agent at target 0.5 with the same number of evaluations (the
+               default search's): uniform-L1, random (= the best of random policies),
+               tpe, cmaes, qmc, ddpg, cacp. Holdout and test of the final pick, wall time.
+  conditional  ddpg at each of 0.3/0.5/0.7 with the episodes per target cacp had;
+               compared with the cacp cell per target (goal: within 1 point).
+  fidelity     tpe with multi-fidelity screening against tpe without (the agents cell).
+  workers      --workers 2 against serial on a short random study: trials per minute.
+Below the agents table: the time split of the default search's episodes
+(apply, BN recalibration, evaluation, and the rest: agent updates and bookkeeping).
+Timings swing from run to run on shared machines; read ratios, not seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from autoprune._table import format_table
+from autoprune.search import SearchConfig, load_preset, search
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+AGENTS = ("cacp", "ddpg", "tpe", "random", "cmaes", "qmc")
+CELLS = ("agents", "conditional", "fidelity", "workers")
+
+
+def _run(name: str, args: argparse.Namespace, **overrides: object) -> dict:
+    """One search cell, cached as JSON."""
+    path = Path(args.results) / f"{name}.json"
+    if path.exists() and not args.force:
+        return json.loads(path.read_text())
+    out = Path(args.results) / "runs" / name
+    config = SearchConfig(arch="resnet56", data_dir=args.data_dir, checkpoint=args.checkpoint, targets=[0.5],
+                          device=args.device, seed=args.seed, **overrides)
+    start = time.perf_counter()
+    result = search(config, out, overwrite=True)
+    wall = time.perf_counter() - start
+    record = {"name": name, "agent": config.agent, "wall": wall, "evaluations": result.evaluations,
+              "seconds": result.seconds, "episodes": sum(1 for _ in open(out / "episodes.csv")) - 1,
+              "targets": {f"{t:g}": {"macs": p.macs_fraction, "params": p.params_fraction, **p.accuracy,
+                                      "uniform_holdout": result.uniform[t][0], "uniform_test": result.uniform[t][1]}
+                          for t, p in result.policies.items()}}
+    path.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def _preset(args: argparse.Namespace, name: str, **changes: object) -> str:
+    """A copy of a shipped preset with ``changes``, written next to the results."""
+    preset = load_preset(name).to_dict()
+    preset.pop("name")
+    preset.update(changes)
+    path = Path(args.results) / "presets" / f"{name}-{'-'.join(f'{k}{v}' for k, v in changes.items())}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(preset))
+    return str(path)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def agents(args: argparse.Namespace) -> None:
+    default = load_preset("cacp")
+    evaluations = default.total_episodes
+    rows, records = [], {}
+    for agent in AGENTS:
+        episodes = default.episodes if agent == "cacp" else evaluations
+        records[agent] = r = _run(f"agent-{agent}", args, agent=agent, episodes=episodes)
+        t = r["targets"]["0.5"]
+        rows.append((agent, r["episodes"], r["evaluations"], f"{t['macs']:.3f}", _pct(t["holdout"]), _pct(t["test"]),
+                     f"{r['wall'] / 60:.1f}"))
+    t = records["cacp"]["targets"]["0.5"]
+    rows.insert(0, ("uniform-L1", 0, 0, f"{t['macs']:.3f}", _pct(t["uniform_holdout"]), _pct(t["uniform_test"]), "-"))
+    print(f"\nresnet56 at 0.5 of the MACs, {evaluations} evaluations an agent (cacp: {default.episodes} at each of "
+          f"{list(default.targets)}); holdout = all 5000 held-out train images, test once:")
+    print(format_table(["agent", "episodes", "evaluations", "MACs kept", "holdout %", "test %", "wall min"], rows))
+    s = records["cacp"]["seconds"]
+    rest = s["search"] - s["apply"] - s["recalibrate"] - s["evaluate"]
+    print(f"\ntime split of the default search (cacp), {records['cacp']['evaluations']} evaluations:")
+    print(format_table(["part", "seconds", "share %"],
+                       [(k, f"{s[k]:.1f}", f"{100 * s[k] / s['search']:.1f}") for k in ("apply", "recalibrate", "evaluate")]
+                       + [("agent + bookkeeping", f"{rest:.1f}", f"{100 * rest / s['search']:.1f}"),
+                          ("search", f"{s['search']:.1f}", "100.0")]))
+
+
+def conditional(args: argparse.Namespace) -> None:
+    default = load_preset("cacp")
+    per_target = default.episodes
+    warmup = default.warmup_episodes // len(default.targets)
+    cacp = _run("agent-cacp", args, agent="cacp", episodes=per_target)
+    rows = []
+    for target in default.targets:
+        preset = _preset(args, "ddpg", episodes=per_target, warmup_episodes=warmup)
+        r = _run(f"ddpg-{per_target}-t{target:g}", args, agent=preset, targets=[target])
+        d, c = r["targets"][f"{target:g}"], cacp["targets"][f"{target:g}"]
+        rows.append((f"{target:g}", _pct(d["holdout"]), _pct(d["test"]), _pct(c["holdout"]), _pct(c["test"]),
+                     f"{100 * (c['test'] - d['test']):+.2f}", _pct(c["uniform_test"])))
+    print(f"\ncacp trained once on {list(default.targets)} ({per_target} episodes a target) against a ddpg run at "
+          f"each target ({per_target} episodes, {warmup} warm-up):")
+    print(format_table(["target", "ddpg holdout %", "ddpg test %", "cacp holdout %", "cacp test %", "cacp - ddpg test",
+                        "uniform-L1 test %"], rows))
+
+
+def fidelity(args: argparse.Namespace) -> None:
+    episodes = load_preset("cacp").total_episodes
+    plain = _run("agent-tpe", args, agent="tpe", episodes=episodes)
+    screened = _run("tpe-multi-fidelity", args, agent="tpe", episodes=episodes, multi_fidelity=True)
+    rows = [(name, r["evaluations"], _pct(r["targets"]["0.5"]["holdout"]), _pct(r["targets"]["0.5"]["test"]),
+             f"{r['seconds']['search'] / 60:.1f}") for name, r in (("tpe", plain), ("tpe + median pruner", screened))]
+    print(f"\nmulti-fidelity (a quarter of the reward images first, median pruner), {episodes} trials each:")
+    print(format_table(["agent", "full evaluations", "holdout %", "test %", "search min"], rows))
+
+
+def workers(args: argparse.Namespace) -> None:
+    rows = []
+    for n in (1, 2):
+        r = _run(f"workers-{n}", args, agent="random", episodes=args.worker_trials, workers=n)
+        rows.append((n, r["episodes"], f"{r['seconds']['search']:.0f}",
+                     f"{60 * r['episodes'] / r['seconds']['search']:.1f}"))
+    speedup = float(rows[1][3]) / float(rows[0][3])
+    print(f"\n--workers on this machine ({args.worker_trials} random trials):")
+    print(format_table(["workers", "trials", "search s", "trials/min"], rows))
+    print(f"speed-up of 2 workers over serial: {speedup:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", nargs="+", default=["all"], choices=["all", *CELLS])
+    parser.add_argument("--data-dir", default=str(SHARED / "data" / "cifar10"))
+    parser.add_argument("--checkpoint", default=str(SHARED / "pretrained" / "cifar10" / "resnet56-4bfd9763.th"))
+    parser.add_argument("--results", default="bench-results/search")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker-trials", type=int, default=24)
+    parser.add_argument("--force", action="store_true", help="measure again, ignoring stored results")
+    args = parser.parse_args()
+    Path(args.results).mkdir(parents=True, exist_ok=True)
+    cells = CELLS if "all" in args.cells else args.cells
+    for cell in cells:
+        globals()[cell](args)
+
+
+if __name__ == "__main__":
+    main()
