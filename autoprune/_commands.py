@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from .errors import AutopruneError
 from .models import create, get_model_info, list_models
 from .policy import Policy, apply
 from .pruning import space_for
+
+if TYPE_CHECKING:
+    from .training import TrainResult
 
 
 def _need_arch(args: argparse.Namespace) -> str:
@@ -144,7 +148,10 @@ def run_search(args: argparse.Namespace) -> int:
         config = SearchConfig(arch=arch, data_dir=args.data_dir, agent=args.agent, checkpoint=args.checkpoint,
                               targets=args.target_flops, episodes=args.episodes, space=args.space,
                               dataset=args.dataset, seed=args.seed, device=args.device, holdout=args.holdout,
-                              reward_samples=args.reward_samples, recal_batches=args.recal_batches, top_k=args.top_k)
+                              reward_samples=args.reward_samples, recal_batches=args.recal_batches, top_k=args.top_k,
+                              multi_fidelity=args.multi_fidelity, storage=args.storage, study_name=args.study_name,
+                              workers=args.workers, ray=args.ray, ray_address=args.ray_address,
+                              warm_start=args.warm_start)
         agent = Path(args.agent).stem
         out = Path(args.out) if args.out else Path("runs") / f"{arch}-{agent}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = search(config, out, resume=bool(args.resume), overwrite=args.overwrite)
@@ -160,3 +167,105 @@ def run_export_policy(args: argparse.Namespace) -> int:
     print(f"{policy.arch} at target {args.target_flops}: {policy.macs_fraction:.2%} MACs, "
           f"holdout top-1 {100 * policy.accuracy['holdout']:.2f}%")
     return 0
+
+
+# -- training (autoprune.training, autoprune.tune) ----------------------------------
+def _train_kwargs(args: argparse.Namespace) -> dict:
+    """The options `finetune` and `train` share, as make_config() keywords."""
+    from .training import Distillation
+
+    recipe = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "weight_decay": args.weight_decay,
+              "momentum": args.momentum, "nesterov": args.nesterov, "schedule": args.schedule,
+              "label_smoothing": args.label_smoothing}
+    kd = Distillation(args.kd_teacher, args.kd_temperature, args.kd_weight) if args.kd or args.kd_teacher else None
+    return {"checkpoint": args.checkpoint, "recipe": recipe, "kd": kd, "dataset": args.dataset,
+            "holdout": args.holdout, "seed": args.seed, "eval_batch_size": args.eval_batch_size}
+
+
+def _default_out(name: str) -> Path:
+    import time
+
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _print_run(result: TrainResult) -> int:
+    m = result.metrics
+
+    def pct(key: str) -> str:
+        return f"{100 * m[key]:.2f}" if m.get(key) is not None else "-"
+
+    print(format_table(["run", "epochs", "MACs kept %", "holdout at start %", "holdout %", "test %"],
+                       [(str(result.run_dir), m["epoch"], pct("macs_fraction"), pct("start_holdout_top1"),
+                         pct("holdout_top1"), pct("test_top1"))]))
+    print(f"model: {result.model_path}; curves: tensorboard --logdir {result.run_dir / 'tb'}")
+    return 0
+
+
+def _resume_training(args: argparse.Namespace) -> int:
+    from .training import resume_config, train
+
+    config = resume_config(args.resume)
+    if args.device != "auto":
+        config.device = args.device
+    return _print_run(train(config, args.resume, resume=True, progress=args.progress))
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from .training import make_config, read_experiment, train
+
+    ray_only = [flag for flag, given in (("--ray-address", args.ray_address), ("--asha", args.asha),
+                                         ("--gpus-per-trial", args.gpus_per_trial is not None)) if given]
+    if args.resume:
+        if read_experiment(args.resume) is not None:
+            from .training import resume_experiment
+            from .tune import outcomes_table
+
+            outcomes = resume_experiment(args.resume, args.ray_address)
+            print(outcomes_table(outcomes))
+            return 1 if any(o.status == "error" for o in outcomes) else 0
+        return _resume_training(args)
+    if not args.policy:
+        raise AutopruneError("--policy is required (or --resume RUN_DIR).")
+    if not args.data_dir:
+        raise AutopruneError("--data-dir is required: fine-tuning trains on it and judges on its holdout split.")
+    if len(args.policy) > 1 and not args.ray:
+        raise AutopruneError(f"{len(args.policy)} policies given: pass --ray to fine-tune them as Ray Tune trials "
+                             "(a local Ray needs no setup), or give one --policy.")
+    if ray_only and not args.ray:
+        raise AutopruneError(f"{', '.join(ray_only)} only apply with --ray.")
+    if args.ray:
+        from .training import finetune_on_ray
+        from .tune import RayOptions, outcomes_table
+
+        options = RayOptions(address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
+                             gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures, asha=args.asha,
+                             asha_grace=args.asha_grace)
+        out = Path(args.out) if args.out else _default_out("finetune")
+        outcomes = finetune_on_ray(args.policy, args.data_dir, out, options, preset=args.preset,
+                                   overwrite=args.overwrite, device=args.device, **_train_kwargs(args))
+        print(outcomes_table(outcomes))
+        print(f"experiment: {out} (results.csv; one run directory per trial; --resume {out} continues it)")
+        return 1 if any(o.status == "error" for o in outcomes) else 0
+    config = make_config("finetune", args.data_dir, policy=args.policy[0], preset=args.preset, device=args.device,
+                         **_train_kwargs(args))
+    out = Path(args.out) if args.out else _default_out(f"{config.arch}-finetune")
+    return _print_run(train(config, out, overwrite=args.overwrite, progress=args.progress))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .training import make_config, train
+
+    if args.resume:
+        return _resume_training(args)
+    if not args.data_dir:
+        raise AutopruneError("--data-dir is required: training reads it and judges on its holdout split.")
+    if args.policy is None:
+        _need_arch(args)
+    config = make_config("scratch", args.data_dir, policy=args.policy, arch=args.arch, scratch=args.scratch,
+                         preset=args.preset, device=args.device, **_train_kwargs(args))
+    name = f"{config.arch}-scratch{config.scratch}" if config.scratch else f"{config.arch}-train"
+    out = Path(args.out) if args.out else _default_out(name)
+    code = _print_run(train(config, out, overwrite=args.overwrite, progress=args.progress))
+    if config.policy is None:
+        print(f"use it: --arch {config.arch} --checkpoint {out / 'model.pt'}")
+    return code

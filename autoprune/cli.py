@@ -17,6 +17,9 @@ EPILOG = """examples:
   autoprune prune --arch resnet56 --checkpoint resnet56-4bfd9763.th --target-flops 0.5 --out runs/r56-u50
   autoprune eval --checkpoint runs/r56-u50/model.pt --data-dir data/cifar10 --recal-batches 20
   autoprune search --arch resnet56 --target-flops 0.5 --agent ddpg --data-dir data/cifar10
+  autoprune finetune --policy runs/<id>/policy.json --data-dir data/cifar10
+  autoprune finetune --policy a.json b.json --ray --data-dir data/cifar10
+  autoprune train --policy runs/<id>/policy.json --scratch B --data-dir data/cifar10
 """
 
 
@@ -36,6 +39,38 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"], help="which CIFAR when reading pickles")
     p.add_argument("--holdout", type=int, default=5000, help="training images held out for validation (default 5000)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+
+
+_PRESET_HELP = ("recipe preset: auto, cifar, cpu or a YAML file (default auto: cifar on CUDA, cpu otherwise). cifar is "
+                "the literature's GPU recipe: fine-tune 100 epochs, lr 0.01 cosine; from scratch 160 epochs, lr 0.1 "
+                "divided by 10 at 50%% and 75%%; both SGD nesterov 0.9, batch 128, weight decay 1e-4. cpu is a short "
+                "budget: fine-tune 2 epochs, from scratch 3. The options below override it")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recipe (default: the preset's)")
+    g.add_argument("--preset", default="auto", help=_PRESET_HELP)
+    g.add_argument("--epochs", type=int, help="epochs (with --scratch B: the base model's, scaled)")
+    g.add_argument("--lr", type=float, help="initial learning rate")
+    g.add_argument("--batch-size", type=int, help="training batch size")
+    g.add_argument("--weight-decay", type=float, help="L2 weight decay (5e-4 suits VGG checkpoints trained with it)")
+    g.add_argument("--momentum", type=float, help="SGD momentum")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
+    g.add_argument("--schedule", choices=["cosine", "step"], help="cosine to 0, or step (x0.1 at 50%% and 75%%)")
+    g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
+    g = p.add_argument_group("knowledge distillation")
+    g.add_argument("--kd", action="store_true", help="distil from a teacher (default: the unpruned model of the policy)")
+    g.add_argument("--kd-teacher", help="teacher: a checkpoint of the policy's arch, 'pretrained', or a pruned model.pt "
+                                        "(implies --kd)")
+    g.add_argument("--kd-temperature", type=float, default=4.0, help="softmax temperature (default 4)")
+    g.add_argument("--kd-weight", type=float, default=0.9, help="weight of the soft term; CE gets 1 - it (default 0.9)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation, data order and holdout split (default 0)")
+    p.add_argument("--eval-batch-size", type=int, default=500, help="holdout/test batch size (default 500)")
+    p.add_argument("--out", help="run directory (default runs/<arch>-<command>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its saved config; --device may change)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    _add_data_args(p, required=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--target-flops", nargs="+", type=float,
                    help="fraction(s) of the MACs kept; a conditional agent (cacp) adds them to its trained range")
-    p.add_argument("--agent", default="cacp", help="preset name (cacp, ddpg, td3, sac, ppo) or a preset YAML; default cacp")
+    p.add_argument("--agent", default="cacp",
+                   help="preset name or a preset YAML; default cacp. RL: cacp, ddpg, td3, sac, ppo. Optuna: tpe, "
+                        "cmaes, random, qmc (one study per target), nsga2 (accuracy against MACs over a range)")
     p.add_argument("--episodes", type=int, help="episodes per target (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reward-samples", type=int, default=1000,
@@ -99,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="finalists re-judged on the rest of the holdout (default 5)")
     p.add_argument("--out", help="run directory (default runs/<arch>-<agent>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    g = p.add_argument_group("Optuna agents")
+    g.add_argument("--multi-fidelity", action=argparse.BooleanOptionalAction, default=None,
+                   help="score a quarter of the reward images first and prune trials below the median (default: the preset's)")
+    g.add_argument("--storage", help="Optuna storage URL shared by several machines, e.g. postgresql://user:pw@host/db "
+                                     "(default: sqlite in the run directory)")
+    g.add_argument("--study-name", help="study name in the storage (default: the run directory's name)")
+    g.add_argument("--workers", type=int, default=1, help="trials evaluated at once, as processes (default 1)")
+    g.add_argument("--ray", action="store_true", help="run the trials through Ray Tune's OptunaSearch")
+    g.add_argument("--ray-address", help="join this Ray cluster (auto, or ray://host:10001); default: a local Ray")
+    g.add_argument("--warm-start", nargs="+", default=[], metavar="POLICY",
+                   help="policy.json files of earlier runs to try first (after the uniform policy)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     _add_data_args(p, required=False)
 
@@ -108,6 +156,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="the search run directory")
     p.add_argument("--target-flops", required=True, type=float, help="fraction of the MACs kept")
     p.add_argument("--out", help="policy file to write (default RUN/policy-<target>.json)")
+
+    p = sub.add_parser("finetune", help="fine-tune pruned models from their policies (locally, or as Ray Tune trials)",
+                       description="Rebuild the pruned model from a policy and the checkpoint it was cut from (its kept "
+                       "channels), train it with SGD, judge it on the holdout split every epoch and on the test split "
+                       "once at the end. Writes a run directory: config.yaml, log.txt, metrics.csv, tb/, checkpoints/ "
+                       "(every epoch, atomically; --resume continues exactly), model.pt (autoprune.load_pruned) and "
+                       "result.json. Several policies run as Ray Tune trials (--ray), one per policy.")
+    p.add_argument("--policy", nargs="+", metavar="POLICY", help="policy.json file(s); several need --ray")
+    p.add_argument("--checkpoint", default="pretrained",
+                   help="the weights the policy was cut from: a file, or 'pretrained' (default); its hash must match the policy's")
+    _add_train_args(p)
+    g = p.add_argument_group("Ray Tune (one trial per policy)")
+    g.add_argument("--ray", action="store_true", help="run the fine-tunes as Ray Tune trials")
+    g.add_argument("--ray-address", help="join this Ray cluster: auto, or ray://HEAD:10001 (default: a local Ray)")
+    g.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default: 1 where the "
+                                                         "cluster has GPUs, else 0)")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs (and torch threads) per trial (default 1)")
+    g.add_argument("--asha", action="store_true", help="stop trials whose holdout accuracy lags (ASHA, per epoch)")
+    g.add_argument("--asha-grace", type=int, help="epochs before ASHA may stop a trial (default: a tenth of them)")
+    g.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial, each from its last epoch (default 2)")
+
+    p = sub.add_parser("train", help="train from random initialisation: a base model, or a policy's architecture",
+                       description="Train from scratch. Without --policy: the unpruned --arch (a checkpoint for "
+                       "users without one; model.pt loads with --checkpoint). With --policy: its pruned architecture, "
+                       "as in 'Rethinking the value of network pruning': --scratch E trains the base model's epochs, "
+                       "--scratch B scales them by base MACs / pruned MACs, capped at 2x. Same run directory as "
+                       "finetune.")
+    p.add_argument("--arch", help="architecture (taken from --policy when given)")
+    p.add_argument("--policy", help="train this policy's pruned architecture")
+    p.add_argument("--scratch", choices=["E", "B"], help="epoch budget with --policy (default E)")
+    p.add_argument("--checkpoint", default="pretrained", help="with --policy and --kd: the unpruned teacher's weights")
+    _add_train_args(p)
     return parser
 
 

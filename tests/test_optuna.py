@@ -127,3 +127,17 @@ def test_bad_input_gets_clear_errors(tiny, tmp_path):
         search(search_config(tiny, "random", episodes=2, storage=shared, study_name="s", space="full"), tmp_path / "b")
     with pytest.raises(AutopruneError, match="RL agent"):
         search(search_config(tiny, "ddpg", workers=2), tmp_path / "c")
+
+
+def test_command_line_optuna_errors(tiny, tmp_path, capsys):
+    from autoprune.cli import main
+
+    common = ["--arch", "resnet20", "--data-dir", str(tiny / "data"), "--checkpoint", str(tiny / "r20.th"),
+              "--device", "cpu", "--holdout", "20", "--reward-samples", "10", "--recal-batches", "1"]
+    assert main(["search", "--agent", "tpee", "--out", str(tmp_path / "a"), *common]) == 2
+    assert "Did you mean 'tpe'" in capsys.readouterr().err
+    assert main(["search", "--agent", "tpe", "--workers", "0", "--out", str(tmp_path / "b"), *common]) == 2
+    assert "--workers must be at least 1, but got 0" in capsys.readouterr().err
+    assert main(["search", "--agent", "tpe", "--storage", "mysql://u:p@127.0.0.1:9/db", "--out", str(tmp_path / "c"),
+                 *common]) == 2
+    assert "cannot be reached" in capsys.readouterr().err

@@ -10,27 +10,18 @@ is one evaluation.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from typing import Any
 
 from ..env import PruningEnv
+from ..tune import RayOptions, connect
 from ._optuna import distributions, finished_trials, make_sampler, play
 from ._preset import Preset
 from ._tracker import Tracker
 
-__all__ = ["run_ray", "connect"]
+__all__ = ["run_ray"]
 
 _ENVS: dict[str, PruningEnv] = {}  # per Ray worker process: the env of the search it serves
-
-
-def connect(address: str | None, num_cpus: int | None = None) -> None:
-    """Join the Ray cluster at ``address``, or start a local Ray (nothing to set up)."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
 
 
 def _episode(params: dict[str, float], search: dict[str, Any], target: float | None) -> None:
@@ -60,7 +51,7 @@ def run_ray(config: Any, preset: Preset, env: PruningEnv, storage: Any, name: st
     remaining = n_trials - len(finished_trials(study))
     if remaining <= 0:
         return
-    connect(config.ray_address, num_cpus=os.cpu_count() if config.ray_address is None else None)
+    connect(RayOptions(address=config.ray_address, verbose=0))  # joins a cluster, or starts a local Ray
     multi = preset.algorithm == "nsga2"
     searcher = _searcher(space=distributions(env, preset), metric=["accuracy", "macs_fraction"] if multi else "reward",
                             mode=["max", "min"] if multi else "max", sampler=make_sampler(preset, config.seed),

@@ -1,0 +1,174 @@
+"""The training loop: SGD, a per-batch lr schedule, AMP on CUDA, optional distillation, exact resume.
+
+Everything a resumed run needs to continue bit for bit is in
+:meth:`Trainer.state_dict`: the weights, the optimiser (momentum buffers), the
+schedule, the AMP loss scaler, the global RNG states and the number of epochs
+done. The data order needs no state: epoch ``e`` always draws its order, crops
+and flips from a generator seeded with ``seed + e`` (:class:`DeviceLoader`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import DeviceLoader
+from ._recipe import Recipe
+
+__all__ = ["EpochStats", "Trainer", "kd_loss", "rng_state", "set_rng_state"]
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """What one training epoch did: mean loss, top-1 on the (augmented) training batches, speed."""
+
+    epoch: int  # 1-based: the epoch just finished
+    loss: float
+    accuracy: float
+    lr: float  # at the end of the epoch
+    images: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *, temperature: float,
+            weight: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Hinton et al.'s distillation loss: ``(1 - weight) * CE + weight * T^2 * KL(teacher_T || student_T)``.
+
+    The ``T^2`` keeps the soft term's gradients on the scale of the hard one's
+    as ``T`` grows. Computed in float32 whatever the autocast dtype.
+    """
+    student, teacher = student.float(), teacher.float()
+    hard = F.cross_entropy(student, labels, label_smoothing=label_smoothing)
+    soft = F.kl_div(F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher / temperature, dim=1),
+                    reduction="batchmean", log_target=True) * temperature ** 2
+    return (1 - weight) * hard + weight * soft
+
+
+def rng_state() -> dict[str, Any]:
+    """The global generators (torch CPU and CUDA, Python, numpy) as tensors and plain containers."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state["numpy"] = [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value: Any) -> Any:  # a checkpoint may hand Python's state back with lists for tuples
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+class Trainer:
+    """Trains ``model`` on ``loader`` with ``recipe``; optionally distils from ``teacher``.
+
+    On CUDA the model (and teacher) run channels-last under float16 autocast
+    with a gradient scaler; on CPU in float32 without either.
+
+    Args:
+        model: the network to train (moved to ``device``).
+        recipe: optimiser and schedule settings; the schedule spans ``recipe.epochs``.
+        loader: training batches, shuffled and augmented; its epoch is set before every epoch.
+        device: where to train.
+        teacher: a frozen network whose softened outputs the student also fits (None: no KD).
+        kd_temperature, kd_weight: see :func:`kd_loss`.
+    """
+
+    def __init__(self, model: nn.Module, recipe: Recipe, loader: DeviceLoader, device: torch.device, *,
+                 teacher: nn.Module | None = None, kd_temperature: float = 4.0, kd_weight: float = 0.9) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        fmt = torch.channels_last if self.cuda else torch.contiguous_format
+        self.model = model.to(device, memory_format=fmt)
+        self.teacher = teacher.to(device, memory_format=fmt).eval() if teacher is not None else None
+        if self.teacher is not None:
+            self.teacher.requires_grad_(False)
+        self.recipe, self.loader = recipe, loader
+        self.kd_temperature, self.kd_weight = kd_temperature, kd_weight
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                         nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+        steps = recipe.epochs * len(loader)
+        if recipe.schedule == "cosine":
+            self.scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, T_max=max(1, steps))
+        else:
+            milestones = [round(m * steps) for m in recipe.milestones]
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=recipe.gamma)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
+        self.epoch = 0  # epochs done
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.cuda else nullcontext()
+
+    def _loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.teacher is None:
+            return F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
+        with torch.no_grad():
+            target = self.teacher(x)
+        return kd_loss(logits, target, y, temperature=self.kd_temperature, weight=self.kd_weight,
+                       label_smoothing=self.recipe.label_smoothing)
+
+    def train_epoch(self, progress: bool = True, file: Any = None) -> EpochStats:
+        """One pass over ``loader``; the running loss is summed on the device (no per-batch sync)."""
+        self.loader.load_state_dict({"epoch": self.epoch, "seed": self.loader.seed})
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        images = 0
+        start = time.perf_counter()
+        bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{self.recipe.epochs}", unit="batch", leave=False,
+                   disable=not progress, file=file)
+        for x, y in bar:
+            with self._autocast():
+                logits = self.model(x)
+                loss = self._loss(logits, x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            images += len(y)
+        bar.close()
+        self.epoch += 1
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        return EpochStats(self.epoch, loss_sum.item() / max(images, 1), correct.item() / max(images, 1),
+                          self.optimizer.param_groups[0]["lr"], images, seconds)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`; afterwards the run goes on as if never interrupted."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:  # empty when written on CPU, where the scaler is off
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.epoch = int(state["epoch"])

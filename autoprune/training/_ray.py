@@ -1,0 +1,163 @@
+"""Fine-tunes as Ray Tune trials: one trial per policy (`autoprune finetune --policy a.json b.json --ray`).
+
+    OUT/config.yaml     the experiment: each trial's TrainConfig and the Ray options (what --resume replays)
+    OUT/<trial>/        each trial's training run directory (the layout of a single run)
+    OUT/tune/           Ray Tune's experiment: trial checkpoints, its own logs
+    OUT/results.csv     one row per trial
+
+The trial trains with :func:`train` and reports every epoch with its
+checkpoint, so a retried trial resumes from its last epoch
+(:func:`finetune_trial`). Ray is imported only inside these functions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .._io import write_bytes
+from ..errors import AutopruneError
+from ..tune import (
+    RayOptions,
+    TrialOutcome,
+    connect,
+    resolve_gpus,
+    run_trials,
+    write_outcomes,
+)
+from ._config import TrainConfig, make_config
+from ._run import EpochEnd, train
+
+__all__ = ["finetune_on_ray", "finetune_trial", "read_experiment", "resume_experiment"]
+
+
+def finetune_trial(config: dict[str, Any], after_epoch: Callable[[int], None] | None = None) -> None:
+    """The Tune trainable of one fine-tune: trains ``config["trial"]["train"]`` into its ``run_dir``.
+
+    On a retry it continues from the checkpoint Tune hands back, in the same
+    run directory. ``after_epoch(epoch)`` runs after each report (tests inject faults with it).
+    """
+    import torch
+    from ray import tune
+
+    trial = config["trial"]
+    torch.set_num_threads(max(1, int(trial.get("threads", 1))))
+    state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / "last.pt", map_location="cpu", weights_only=True)
+
+    def report(end: EpochEnd) -> None:
+        metrics = {k: v for k, v in end.metrics.items() if isinstance(v, (int, float))}
+        metrics.setdefault("macs_fraction", trial.get("macs_fraction"))
+        tune.report({**metrics, "epoch": end.epoch, "final": end.final},
+                    checkpoint=tune.Checkpoint.from_directory(str(end.checkpoints)))
+        if after_epoch is not None:
+            after_epoch(end.epoch)
+
+    train(TrainConfig.from_dict(trial["train"]), trial["run_dir"], overwrite=state is None, state=state,
+          progress=False, on_epoch_end=report)
+
+
+def _names(policies: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Trial names from policy files: the stem, or parent-stem where stems repeat; path-safe and unique."""
+    paths = [Path(p) for p in policies]
+    stems = [p.stem for p in paths]
+    names = [s if stems.count(s) == 1 else f"{p.parent.name}-{s}" for s, p in zip(stems, paths)]
+    names = [re.sub(r"[^A-Za-z0-9_.-]", "_", n).strip(".") or "policy" for n in names]
+    names = [f"{n}-policy" if n == "tune" else n for n in names]  # OUT/tune is Tune's
+    seen: dict[str, int] = {}
+    unique = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        unique.append(n if names.count(n) == 1 else f"{n}-{seen[n]}")
+    return unique
+
+
+def finetune_on_ray(policies: Sequence[str | os.PathLike[str]], data_dir: str | os.PathLike[str],
+                    out: str | os.PathLike[str], options: RayOptions, *, preset: str = "auto", overwrite: bool = False,
+                    trainable: Callable[[dict[str, Any]], None] = finetune_trial, **settings: Any) -> list[TrialOutcome]:
+    """Fine-tune every policy as one Tune trial; ``settings`` go to :func:`make_config`.
+
+    ``preset="auto"`` means ``cifar`` when trials get a GPU, else ``cpu``.
+    Every policy is checked against its checkpoint before Ray starts.
+    """
+    from ..checkpoints import load_model
+    from ..policy import Policy
+    from ..pruning import space_for
+
+    out = Path(out).resolve()
+    if (out / "config.yaml").exists() and not overwrite:
+        raise AutopruneError(f"{out} already holds a run; resume it with --resume {out}, or choose another --out "
+                             "(or pass --overwrite).")
+    checked = {}
+    for name, path in zip(_names(policies), policies):
+        policy = Policy.load(path)
+        base, sha = load_model(policy.arch, settings.get("checkpoint", "pretrained"), num_classes=policy.num_classes)
+        try:
+            policy.validate(space_for(base, policy.arch, policy.space), checkpoint=sha)
+        except AutopruneError as e:
+            raise type(e)(f"{path}: {e}") from None
+        checked[name] = (path, policy.macs_fraction)
+    started = connect(options)
+    try:
+        options = resolve_gpus(options)
+        preset = ("cifar" if options.gpus_per_trial else "cpu") if preset == "auto" else preset
+        trials = {name: {"run_dir": str(out / name), "macs_fraction": macs, "threads": int(options.cpus_per_trial),
+                         "train": make_config("finetune", data_dir, policy=path, preset=preset, **settings).to_dict()}
+                  for name, (path, macs) in checked.items()}
+        if overwrite and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump({"experiment": "finetune", "ray": asdict(options), "trials": trials}, sort_keys=False)
+        write_bytes(out / "config.yaml", lambda f: f.write(text.encode()))
+        max_t = max(t["train"]["recipe"]["epochs"] for t in trials.values())
+        outcomes = run_trials(trainable, trials, out / "tune", options, max_t=max_t)
+    finally:
+        if started:
+            import ray
+            ray.shutdown()
+    write_outcomes(out / "results.csv", outcomes)
+    return outcomes
+
+
+def read_experiment(out: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The saved config of an experiment folder, or None when ``out`` holds a single training run."""
+    path = Path(out) / "config.yaml"
+    if not path.is_file():
+        raise AutopruneError(f"{out} is not a run (no config.yaml).")
+    data = yaml.safe_load(path.read_text())
+    return data if isinstance(data, dict) and "experiment" in data else None
+
+
+def resume_experiment(out: str | os.PathLike[str], address: str | None = None, *,
+                      trainable: Callable[[dict[str, Any]], None] = finetune_trial) -> list[TrialOutcome]:
+    """Restore an interrupted :func:`finetune_on_ray` experiment (``Tuner.restore``); errored trials resume too.
+
+    ``address`` replaces the saved cluster address (a restarted cluster may have a new one).
+    """
+    out = Path(out).resolve()
+    saved = read_experiment(out)
+    if saved is None:
+        raise AutopruneError(f"{out} is a single training run, not a Tune experiment; resume it without --ray.")
+    options = RayOptions(**saved["ray"])
+    if address is not None:
+        options = replace(options, address=address)
+    started = connect(options)
+    try:
+        max_t = max(t["train"]["recipe"]["epochs"] for t in saved["trials"].values())
+        outcomes = run_trials(trainable, saved["trials"], out / "tune", options, max_t=max_t, resume=True)
+    finally:
+        if started:
+            import ray
+            ray.shutdown()
+    write_outcomes(out / "results.csv", outcomes)
+    return outcomes
