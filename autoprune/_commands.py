@@ -269,3 +269,29 @@ def run_train(args: argparse.Namespace) -> int:
     if config.policy is None:
         print(f"use it: --arch {config.arch} --checkpoint {out / 'model.pt'}")
     return code
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from .sweep import SweepConfig, sweep, table
+    from .tune import RayOptions
+
+    options = RayOptions(address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
+                         gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures, asha=args.asha,
+                         asha_grace=args.asha_grace)
+    if args.resume:
+        outcomes = sweep(None, args.resume, options, resume=True)
+        out = Path(args.resume)
+    else:
+        arch = _need_arch(args)
+        if not args.data_dir:
+            raise AutopruneError("--data-dir is required: every cell searches and fine-tunes on it.")
+        config = SweepConfig(arch=arch, data_dir=args.data_dir, targets=tuple(args.targets), agents=tuple(args.agents),
+                             checkpoint=args.checkpoint, episodes=args.episodes, finetune_epochs=args.finetune_epochs,
+                             preset=args.preset, seed=args.seed,
+                             search={"dataset": args.dataset, "holdout": args.holdout, "device": args.device},
+                             train={"dataset": args.dataset, "holdout": args.holdout})
+        out = Path(args.out) if args.out else _default_out(f"{arch}-sweep")
+        outcomes = sweep(config, out, options, overwrite=args.overwrite)
+    print(table(outcomes))
+    print(f"sweep: {out} (results.csv, sweep.png; --resume {out} continues it)")
+    return 1 if any(o.status == "error" for o in outcomes) else 0

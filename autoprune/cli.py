@@ -169,13 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     g = p.add_argument_group("Ray Tune (one trial per policy)")
     g.add_argument("--ray", action="store_true", help="run the fine-tunes as Ray Tune trials")
-    g.add_argument("--ray-address", help="join this Ray cluster: auto, or ray://HEAD:10001 (default: a local Ray)")
-    g.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default: 1 where the "
-                                                         "cluster has GPUs, else 0)")
-    g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs (and torch threads) per trial (default 1)")
-    g.add_argument("--asha", action="store_true", help="stop trials whose holdout accuracy lags (ASHA, per epoch)")
-    g.add_argument("--asha-grace", type=int, help="epochs before ASHA may stop a trial (default: a tenth of them)")
-    g.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial, each from its last epoch (default 2)")
+    _add_trial_resources(g)
 
     p = sub.add_parser("train", help="train from random initialisation: a base model, or a policy's architecture",
                        description="Train from scratch. Without --policy: the unpruned --arch (a checkpoint for "
@@ -188,7 +182,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scratch", choices=["E", "B"], help="epoch budget with --policy (default E)")
     p.add_argument("--checkpoint", default="pretrained", help="with --policy and --kd: the unpruned teacher's weights")
     _add_train_args(p)
+
+    p = sub.add_parser("sweep", help="search and fine-tune every (target, agent) cell, as Ray Tune trials",
+                       description="Each (target, agent) cell is one Ray Tune trial that searches (or, for the agent "
+                       "'uniform', prunes uniformly with L1) and then fine-tunes its policy. Writes OUT/<cell>/search, "
+                       "OUT/<cell>/finetune, results.csv and sweep.png (test accuracy against MACs kept, one line per "
+                       "agent). A failed cell is retried from its last search checkpoint or epoch; --resume OUT "
+                       "continues an interrupted sweep.")
+    p.add_argument("--arch", help="architecture (see `autoprune models`)")
+    p.add_argument("--checkpoint", default="pretrained", help="the weights searched and fine-tuned (default: pretrained)")
+    p.add_argument("--targets", nargs="+", type=float, default=[0.3, 0.5, 0.7],
+                   help="fractions of the MACs kept (default 0.3 0.5 0.7)")
+    p.add_argument("--agents", nargs="+", default=["cacp", "tpe", "uniform"],
+                   help="search presets or 'uniform' (default: cacp tpe uniform)")
+    p.add_argument("--episodes", type=int, help="search episodes per target (default: each preset's)")
+    p.add_argument("--finetune-epochs", type=int, help="fine-tune epochs (default: the training preset's)")
+    p.add_argument("--preset", default="auto",
+                   help="training preset: auto (cifar where trials get a GPU, else cpu), cifar, cpu, or a YAML file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="sweep directory (default runs/<arch>-sweep-<time>)")
+    p.add_argument("--resume", metavar="OUT", help="continue an interrupted sweep")
+    p.add_argument("--overwrite", action="store_true", help="replace a sweep already in --out")
+    _add_data_args(p, required=False)
+    _add_trial_resources(p.add_argument_group("Ray Tune"))
     return parser
+
+
+def _add_trial_resources(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--ray-address", help="join this Ray cluster: auto, or ray://HEAD:10001 (default: a local Ray)")
+    g.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default: 1 where the "
+                                                         "cluster has GPUs, else 0)")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs (and torch threads) per trial (default 1)")
+    g.add_argument("--asha", action="store_true", help="stop trials whose holdout accuracy lags (ASHA, per epoch)")
+    g.add_argument("--asha-grace", type=int, help="epochs before ASHA may stop a trial (default: a tenth of them)")
+    g.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial, each from its last epoch (default 2)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

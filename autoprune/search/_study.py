@@ -139,12 +139,16 @@ def _worker(config: dict[str, Any], storage_url: str, name: str, target: float |
     storage = open_storage(storage_url)
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=storage, pruner=_pruner(preset))
     run = objective(env, preset, target, lambda info, reward: None, preset.multi_fidelity)
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     while (done := len(study.get_trials(deepcopy=False, states=states))) < n_trials:
         study.sampler = make_sampler(preset, trial_seed(preset, config["seed"] + 7919 * (index + 1), done))
-        study.optimize(run, n_trials=1)
+        try:
+            study.optimize(run, n_trials=1)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # both workers popped the same enqueued trial (SQLite has no row locks): the other one told it
 
 
 def _parallel(study: Any, config: Any, storage_url: str, name: str, target: float | None, n_trials: int,
