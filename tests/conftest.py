@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,21 @@ def episode_rows(run: Path) -> list[dict[str, str]]:
     """The rows of a run's episodes.csv."""
     with open(run / "episodes.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def local_ray(request, tmp_path_factory):
+    """A local 2-CPU Ray for the tests of one module; its workers get the module's functions by value."""
+    import ray
+    import ray.cloudpickle
+
+    old = os.environ.get("AUTOPRUNE_CACHE")
+    os.environ["AUTOPRUNE_CACHE"] = str(tmp_path_factory.mktemp("cache"))  # the workers inherit it
+    ray.cloudpickle.register_pickle_by_value(request.module)  # workers cannot import a test module
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("AUTOPRUNE_CACHE")
+    else:
+        os.environ["AUTOPRUNE_CACHE"] = old

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,23 +26,6 @@ def killed_once(config: dict) -> None:
         marker.touch()
         os.kill(os.getpid(), signal.SIGKILL)
     sweep_trial(config)
-
-
-@pytest.fixture
-def local_ray(tmp_path):
-    import ray
-    import ray.cloudpickle
-
-    old = os.environ.get("AUTOPRUNE_CACHE")
-    os.environ["AUTOPRUNE_CACHE"] = str(tmp_path / "cache")  # the workers inherit it
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-    if old is None:
-        os.environ.pop("AUTOPRUNE_CACHE")
-    else:
-        os.environ["AUTOPRUNE_CACHE"] = old
 
 
 def test_sweep_cells_search_then_finetune_and_a_killed_cell_is_retried(tiny, tmp_path, local_ray):

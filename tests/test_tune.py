@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import time
 
 import pytest
@@ -85,24 +84,6 @@ def killed_once(config: dict) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     finetune_trial(config, after_epoch=after_epoch)
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    import ray
-    import ray.cloudpickle
-
-    cache = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("AUTOPRUNE_CACHE")
-    os.environ["AUTOPRUNE_CACHE"] = str(cache)  # the workers inherit it
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-    if old is None:
-        os.environ.pop("AUTOPRUNE_CACHE")
-    else:
-        os.environ["AUTOPRUNE_CACHE"] = old
 
 
 def test_four_trials_two_at_a_time_one_killed_and_retried(local_ray, tmp_path):

@@ -95,11 +95,14 @@ class SearchResult:
 
 def setup(config: SearchConfig) -> tuple[Preset, PruningEnv, Evaluator, Any]:
     """The preset, environment, evaluator and prunable space a run of ``config`` uses."""
-    preset = load_preset(config.agent, episodes=config.episodes, multi_fidelity=config.multi_fidelity)
-    if config.targets:  # a multi-target preset keeps its range and adds the asked targets
-        asked = tuple(float(t) for t in config.targets)
-        targets = tuple(sorted(set(preset.targets) | set(asked))) if len(preset.targets) > 1 else asked
-        preset = replace(preset, targets=targets)
+    if config.preset:  # a run being resumed: the preset as resolved when it started, whatever the YAML says now
+        preset = Preset(**{**config.preset, "targets": tuple(config.preset["targets"])})
+    else:
+        preset = load_preset(config.agent, episodes=config.episodes, multi_fidelity=config.multi_fidelity)
+        if config.targets:  # a multi-target preset keeps its range and adds the asked targets
+            asked = tuple(float(t) for t in config.targets)
+            targets = tuple(sorted(set(preset.targets) | set(asked))) if len(preset.targets) > 1 else asked
+            preset = replace(preset, targets=targets)
     if (config.workers > 1 or config.ray) and not preset.optuna:
         raise AutopruneError(f"--workers and --ray run Optuna agents in parallel; {preset.name!r} is an RL agent "
                              "that learns from one episode after another.")
@@ -195,7 +198,6 @@ def _finish(config: SearchConfig, run: RunDir, env: PruningEnv, evaluator: Evalu
 def resume_config(run_dir: str | os.PathLike[str], arch: str | None = None, space: str | None = None) -> SearchConfig:
     """The configuration of the run in ``run_dir``; refuses an ``arch``/``space`` that differs from it."""
     _, saved = RunDir.open(Path(run_dir))
-    saved = {k: v for k, v in saved.items() if k != "preset"}
     for key, given in (("arch", arch), ("space", space)):
         if given is not None and given != saved.get(key):
             raise AutopruneError(f"{run_dir} is a run for {key} {saved.get(key)!r}, not {given!r}; "
