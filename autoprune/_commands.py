@@ -157,6 +157,28 @@ def run_search(args: argparse.Namespace) -> int:
     result = search(config, out, resume=bool(args.resume), overwrite=args.overwrite)
     print(result.table)
     print(f"run directory: {result.run_dir} (policy.json, policy-<target>.json, episodes.csv)")
+    if args.report:
+        _report(result.run_dir)
+    return 0
+
+
+def _report(run_dir: Path) -> None:
+    from .reports import write_report
+
+    print(f"report: {write_report(run_dir)} (and report.html)")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    _report(Path(args.run))
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from .reports import compare
+
+    table, png = compare(args.runs, args.out)
+    print(table)
+    print(f"plot: {png}")
     return 0
 
 
@@ -294,4 +316,6 @@ def run_sweep(args: argparse.Namespace) -> int:
         outcomes = sweep(config, out, options, overwrite=args.overwrite)
     print(table(outcomes))
     print(f"sweep: {out} (results.csv, sweep.png; --resume {out} continues it)")
+    if args.report:
+        _report(out)
     return 1 if any(o.status == "error" for o in outcomes) else 0

@@ -17,6 +17,7 @@ EPILOG = """examples:
   autoprune prune --arch resnet56 --checkpoint resnet56-4bfd9763.th --target-flops 0.5 --out runs/r56-u50
   autoprune eval --checkpoint runs/r56-u50/model.pt --data-dir data/cifar10 --recal-batches 20
   autoprune search --arch resnet56 --target-flops 0.5 --agent ddpg --data-dir data/cifar10
+  autoprune report runs/resnet56-ddpg-20261121-120000
   autoprune finetune --policy runs/<id>/policy.json --data-dir data/cifar10
   autoprune finetune --policy a.json b.json --ray --data-dir data/cifar10
   autoprune train --policy runs/<id>/policy.json --scratch B --data-dir data/cifar10
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="finalists re-judged on the rest of the holdout (default 5)")
     p.add_argument("--out", help="run directory (default runs/<arch>-<agent>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--no-report", dest="report", action="store_false", help="do not write report.md/html at the end")
     g = p.add_argument_group("Optuna agents")
     g.add_argument("--multi-fidelity", action=argparse.BooleanOptionalAction, default=None,
                    help="score a quarter of the reward images first and prune trials below the median (default: the preset's)")
@@ -202,9 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="sweep directory (default runs/<arch>-sweep-<time>)")
     p.add_argument("--resume", metavar="OUT", help="continue an interrupted sweep")
+    p.add_argument("--no-report", dest="report", action="store_false", help="do not write report.md/html at the end")
     p.add_argument("--overwrite", action="store_true", help="replace a sweep already in --out")
     _add_data_args(p, required=False)
     _add_trial_resources(p.add_argument_group("Ray Tune"))
+
+    p = sub.add_parser("report", help="report.md and report.html with plots for a run directory",
+                       description="Write report.md, a self-contained report.html and PNG plots into a run directory "
+                       "(search, finetune/train or sweep): keep ratios per group against the uniform policy, reward "
+                       "and accuracy per episode with the best so far, accuracy against MACs kept, and the table of "
+                       "final policies. A run still in progress gets a partial report, marked as such.")
+    p.add_argument("run", help="the run directory")
+
+    p = sub.add_parser("compare", help="one table and one accuracy-against-MACs plot across runs",
+                       description="Compare runs (agents, targets, methods) of one dataset: a table of their final "
+                       "policies and compare.png, each point labelled by its run.")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--out", default=".", help="where compare.md and compare.png go (default: here)")
     return parser
 
 
