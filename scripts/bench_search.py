@@ -45,8 +45,9 @@ def _run(name: str, args: argparse.Namespace, **overrides: object) -> dict:
     if path.exists() and not args.force:
         return json.loads(path.read_text())
     out = Path(args.results) / "runs" / name
-    config = SearchConfig(arch="resnet56", data_dir=args.data_dir, checkpoint=args.checkpoint, targets=[0.5],
-                          device=args.device, seed=args.seed, **overrides)
+    settings = {"targets": [0.5], **overrides}
+    config = SearchConfig(arch="resnet56", data_dir=args.data_dir, checkpoint=args.checkpoint, device=args.device,
+                          seed=args.seed, **settings)
     start = time.perf_counter()
     result = search(config, out, overwrite=True)
     wall = time.perf_counter() - start
