@@ -81,14 +81,15 @@ def tradeoff_figure(points: Sequence[tuple[str, Sequence[Row]]], path: Path, *,
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     if background:
-        ax.scatter(*zip(*background), s=6, color="0.75", label="episodes")
+        ax.scatter(*zip(*background), s=6, color="0.75", label="episodes (holdout, reward part)")
     for i, (label, rows) in enumerate(points):
         xy = sorted((r.macs, 100 * (r.finetuned_test or r.test or r.holdout or 0.0)) for r in rows)
         ax.plot(*zip(*xy), "o-", color=f"C{i}", label=label)
         for (x, y), r in zip(xy, sorted(rows, key=lambda r: r.macs)):
             ax.annotate(r.label, (x, y), fontsize=6, textcoords="offset points", xytext=(3, 3))
     ax.set_xlabel("MACs kept (fraction)")
-    ax.set_ylabel("accuracy (%): test after fine-tuning, else test, else holdout")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("lines: test after fine-tuning, else test, else holdout", fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
