@@ -52,7 +52,7 @@ def _run(name: str, args: argparse.Namespace, **overrides: object) -> dict:
     result = search(config, out, overwrite=True)
     wall = time.perf_counter() - start
     record = {"name": name, "agent": config.agent, "wall": wall, "evaluations": result.evaluations,
-              "seconds": result.seconds, "episodes": sum(1 for _ in open(out / "episodes.csv")) - 1,
+              "seconds": result.seconds, "episodes": len((out / "episodes.csv").read_text().splitlines()) - 1,
               "targets": {f"{t:g}": {"macs": p.macs_fraction, "params": p.params_fraction, **p.accuracy,
                                       "uniform_holdout": result.uniform[t][0], "uniform_test": result.uniform[t][1]}
                           for t, p in result.policies.items()}}

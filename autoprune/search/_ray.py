@@ -41,13 +41,11 @@ def _episode(params: dict[str, float], search: dict[str, Any], target: float | N
                  "counts": " ".join(str(int(c)) for c in info["counts"]), "cached": bool(info["cached"])})
 
 
-def run_ray(config: Any, preset: Preset, env: PruningEnv, storage: Any, name: str, target: float | None,
+def run_ray(config: Any, preset: Preset, env: PruningEnv, study: Any, storage: Any, name: str, target: float | None,
             n_trials: int, tracker: Tracker) -> None:
     """Run study ``name`` to ``n_trials`` finished trials as Ray Tune trials, ``config.workers`` at a time."""
-    import optuna
     from ray import tune
 
-    study = optuna.load_study(study_name=name, storage=storage)
     remaining = n_trials - len(finished_trials(study))
     if remaining <= 0:
         return

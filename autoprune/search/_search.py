@@ -134,7 +134,7 @@ def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = 
 
             identity = {"arch": config.arch, "space": space.name, "dataset": evaluator.dataset.name,
                         "checkpoint": env.checkpoint, "criterion": preset.criterion, "reward": preset.reward}
-            candidates, _ = run_optuna(config, preset, env, run, tracker, identity, resume)
+            candidates = run_optuna(config, preset, env, run, tracker, identity, resume)
         else:
             agent = run_rl(preset, env, run, tracker, config.seed, resume)
             candidates = tracker.candidates

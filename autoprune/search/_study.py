@@ -120,7 +120,7 @@ def _serial(study: Any, env: PruningEnv, preset: Preset, target: float | None, n
         while (done := len(finished_trials(study))) < n_trials:
             study.sampler = make_sampler(preset, trial_seed(preset, seed, done))
             study.optimize(run, n_trials=1)
-            if study.trials[-1].state.name == "PRUNED":
+            if study.get_trials(deepcopy=False)[-1].state.name == "PRUNED":
                 tracker.advance()
             if interrupted[0]:
                 raise KeyboardInterrupt
@@ -222,13 +222,13 @@ def _candidates(pairs: list[tuple[float | None, Any]], targets: tuple[float, ...
 
 
 def run_optuna(config: Any, preset: Preset, env: PruningEnv, run: RunDir, tracker: Tracker, identity: dict[str, Any],
-               resume: bool) -> tuple[dict[float, list[list]], list[Any]]:
-    """Run the preset's studies to their length; returns the candidates per target and the studies."""
+               resume: bool) -> dict[float, list[list]]:
+    """Run the preset's studies to their length; returns the candidates per target."""
     url = config.storage or f"sqlite:///{(run.path / 'study.db').resolve()}"
     storage = open_storage(url)
     base = config.study_name or run.path.name
     channels = np.array([g.channels for g in env.space.searchable])
-    pairs = []
+    pairs, names = [], []
     for target, name in studies(preset, base):
         ident = {**identity, "targets": [target] if target is not None else list(preset.targets)}
         study = open_study(storage, name, preset, ident, pruner=_pruner(preset))
@@ -237,24 +237,25 @@ def run_optuna(config: Any, preset: Preset, env: PruningEnv, run: RunDir, tracke
         if not study.trials:
             _warm_start(study, env, target, preset, [_earlier(p, env) for p in config.warm_start])
         pairs.append((target, study))
+        names.append(name)
     done, episodes = _rewrite_episodes(run, pairs, channels)
-    tracker.start(preset.total_episodes, done, {})
-    tracker.episodes = episodes
+    tracker.start(preset.total_episodes, done, {}, episodes=episodes)
     if resume:
         run.log(f"resumed after {done} trials")
-    for (target, study), (_, name) in zip(pairs, studies(preset, base)):
+    for (target, study), name in zip(pairs, names):
         if config.ray:
             from ._ray import run_ray
-            run_ray(config, preset, env, storage, name, target, preset.episodes, tracker)
+            run_ray(config, preset, env, study, storage, name, target, preset.episodes, tracker)
         elif config.workers > 1:
             _parallel(study, config, url, name, target, preset.episodes, tracker)
         else:
             env.reset(seed=config.seed)
             _serial(study, env, preset, target, preset.episodes, config.seed, tracker)
-    _rewrite_episodes(run, pairs, channels, tracker if config.ray or config.workers > 1 else None)
+    if config.ray or config.workers > 1:  # other processes played the episodes: log them from the study
+        _rewrite_episodes(run, pairs, channels, tracker)
     if preset.algorithm == "nsga2":
         export_front(run, env, pairs[0][1])
-    return _candidates(pairs, preset.targets), [s for _, s in pairs]
+    return _candidates(pairs, preset.targets)
 
 
 def export_front(run: RunDir, env: PruningEnv, study: Any) -> list[Policy]:

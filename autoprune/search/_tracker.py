@@ -30,8 +30,10 @@ class Tracker:
         self.bar: tqdm | None = None
         self._writer: Any = None
 
-    def start(self, total: int, done: int, candidates: dict[float, list[list]]) -> None:
-        self.total, self.episodes, self.candidates = total, done, candidates
+    def start(self, total: int, done: int, candidates: dict[float, list[list]], episodes: int | None = None) -> None:
+        """``done`` trials are behind us, ``episodes`` of them (default: all) ended with an episode."""
+        self.total, self.candidates = total, candidates
+        self.episodes = done if episodes is None else episodes
         self.bar = tqdm(total=total, initial=done, desc="search", unit="ep")
 
     def _tensorboard(self) -> Any:
