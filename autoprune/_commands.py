@@ -112,9 +112,9 @@ def run_prune(args: argparse.Namespace) -> int:
         raise AutopruneError(f"{out} already holds a policy.json; choose another --out or pass --overwrite.")
     model, sha = load_model(arch, args.checkpoint)
     batches, dataset_name = None, args.dataset
-    if args.criterion == "taylor":
+    if args.criterion in ("taylor", "reconstruction"):  # they score on training batches
         if not args.data_dir:
-            raise AutopruneError("--criterion taylor needs training data: pass --data-dir.")
+            raise AutopruneError(f"--criterion {args.criterion} needs training data: pass --data-dir.")
         evaluator = _evaluator(args, arch, recal_batches=4)
         dataset_name = evaluator.dataset.name
         model = evaluator.prepare(model)
@@ -129,7 +129,7 @@ def run_prune(args: argparse.Namespace) -> int:
           f"{_mega(policy.params)} params ({policy.params_fraction:.2%}); {args.method} / {args.criterion}, "
           f"keep ratios {ratios.min():.2f}..{ratios.max():.2f} over {len(ratios)} groups")
     print(f"wrote {out / 'policy.json'} and {out / 'model.pt'}")
-    print(f"evaluate: autoprune eval --checkpoint {out / 'model.pt'} --data-dir DATA --recal-batches 20")
+    print(f"evaluate: autoprune eval --checkpoint {out / 'model.pt'} --data-dir DATA --recal-batches 10")
     return 0
 
 
@@ -157,6 +157,8 @@ def run_search(args: argparse.Namespace) -> int:
     result = search(config, out, resume=bool(args.resume), overwrite=args.overwrite)
     print(result.table)
     print(f"run directory: {result.run_dir} (policy.json, policy-<target>.json, episodes.csv)")
+    for note in result.notes:
+        print(note)
     if args.report:
         _report(result.run_dir)
     return 0

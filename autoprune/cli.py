@@ -15,13 +15,20 @@ EPILOG = """examples:
   autoprune flops --arch resnet56
   autoprune eval --arch resnet56 --checkpoint resnet56-4bfd9763.th --data-dir data/cifar10
   autoprune prune --arch resnet56 --checkpoint resnet56-4bfd9763.th --target-flops 0.5 --out runs/r56-u50
-  autoprune eval --checkpoint runs/r56-u50/model.pt --data-dir data/cifar10 --recal-batches 20
+  autoprune eval --checkpoint runs/r56-u50/model.pt --data-dir data/cifar10 --recal-batches 10
   autoprune search --arch resnet56 --target-flops 0.5 --agent ddpg --data-dir data/cifar10
   autoprune report runs/resnet56-ddpg-20261121-120000
   autoprune finetune --policy runs/<id>/policy.json --data-dir data/cifar10
   autoprune finetune --policy a.json b.json --ray --data-dir data/cifar10
   autoprune train --policy runs/<id>/policy.json --scratch B --data-dir data/cifar10
 """
+
+
+def _presets() -> list[str]:
+    """The agent presets shipped in agents/ (names only: nothing is imported)."""
+    from ._resources import resource_dir
+
+    return sorted(p.stem for p in resource_dir("agents").glob("*.yaml"))
 
 
 def _add_model_args(p: argparse.ArgumentParser, *, checkpoint: bool = True) -> None:
@@ -110,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-flops", required=True,
                    help="fraction of the original MACs kept, 0 < F < 1 (e.g. 0.5), or an absolute count like 60M")
     p.add_argument("--method", default="uniform", help="uniform or global (default uniform)")
-    p.add_argument("--criterion", default="l1", help="channel selection: l1, l2, bn-gamma, random, taylor (default l1)")
+    p.add_argument("--criterion", default="l1", help="channel selection: l1, l2, bn-gamma, random, taylor, reconstruction "
+                   "(taylor and reconstruction need --data-dir; default l1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace a policy already in --out")
@@ -122,18 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
                        "recalibration. The best policies are re-judged on a disjoint part of the holdout; the winner is "
                        "measured on the test split once, beside the uniform-L1 policy. Writes runs/<id>/ (config, "
                        "log, episodes.csv, checkpoints, policy.json); Ctrl-C keeps the last checkpoint and "
-                       "--resume continues it.")
+                       "--resume continues it. A handcrafted method (uniform, global-*, slimming, ...) answers once "
+                       "per target instead, judged the same way; one that trains writes weights-<target>.pt, which "
+                       "the policy names (autoprune finetune --checkpoint).")
     _add_model_args(p)
     p.add_argument("--target-flops", nargs="+", type=float,
                    help="fraction(s) of the MACs kept; a conditional agent (cacp) adds them to its trained range")
     p.add_argument("--agent", default="cacp",
                    help="preset name or a preset YAML; default cacp. RL: cacp, ddpg, td3, sac, ppo. Optuna: tpe, "
-                        "cmaes, random, qmc (one study per target), nsga2 (accuracy against MACs over a range)")
+                        "cmaes, random, qmc (one study per target), nsga2 (accuracy against MACs over a range). "
+                        "Handcrafted baselines, one answer per target (--episodes ignored): uniform, global-l1, "
+                        "global-l2, global-bn-gamma, global-taylor, slimming (Network Slimming; saves the trained "
+                        f"weights beside the policy). Shipped presets: {', '.join(_presets())}")
     p.add_argument("--episodes", type=int, help="episodes per target (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reward-samples", type=int, default=1000,
                    help="holdout images that score an episode; the rest re-judge the finalists (default 1000)")
-    p.add_argument("--recal-batches", type=int, default=20, help="batches of 100 training images for BN recalibration (default 20)")
+    p.add_argument("--recal-batches", type=int, default=10,
+                   help="batches of 100 training images for BN recalibration (default 10)")
     p.add_argument("--top-k", type=int, default=5, help="finalists re-judged on the rest of the holdout (default 5)")
     p.add_argument("--out", help="run directory (default runs/<arch>-<agent>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
@@ -186,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
 
     p = sub.add_parser("sweep", help="search and fine-tune every (target, agent) cell, as Ray Tune trials",
-                       description="Each (target, agent) cell is one Ray Tune trial that searches (or, for the agent "
-                       "'uniform', prunes uniformly with L1) and then fine-tunes its policy. Writes OUT/<cell>/search, "
+                       description="Each (target, agent) cell is one Ray Tune trial that searches (or runs a "
+                       "handcrafted method such as uniform once) and then fine-tunes its policy. Writes OUT/<cell>/search, "
                        "OUT/<cell>/finetune, results.csv and sweep.png (test accuracy against MACs kept, one line per "
                        "agent). A failed cell is retried from its last search checkpoint or epoch; --resume OUT "
                        "continues an interrupted sweep.")
@@ -196,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", nargs="+", type=float, default=[0.3, 0.5, 0.7],
                    help="fractions of the MACs kept (default 0.3 0.5 0.7)")
     p.add_argument("--agents", nargs="+", default=["cacp", "tpe", "uniform"],
-                   help="search presets or 'uniform' (default: cacp tpe uniform)")
+                   help="agent presets, as for search --agent (default: cacp tpe uniform)")
     p.add_argument("--episodes", type=int, help="search episodes per target (default: each preset's)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tune epochs (default: the training preset's)")
     p.add_argument("--preset", default="auto",

@@ -114,6 +114,7 @@ class Evaluator:
                  recal_batch_size: int = 100, seed: int = 0, reward_samples: int | None = None) -> None:
         self.device = torch.device(device)
         self.dataset = dataset
+        self.splits = splits  # training methods (the handcrafted baselines) train on splits.train
         # channels-last on every device: on CUDA for tensor cores, and on CPU too, where oneDNN's
         # NHWC kernels made BN recalibration plus evaluation of a pruned resnet56 about 1.2x faster
         # with the same predictions (scripts/bench_engine.py, last row)

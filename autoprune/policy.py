@@ -23,7 +23,7 @@ from ._io import write_json
 from .errors import PolicyError
 from .pruning import PrunableSpace, space_for
 
-__all__ = ["Policy", "SCHEMA_VERSION", "apply", "make_policy"]
+__all__ = ["SCHEMA_VERSION", "Policy", "apply", "make_policy"]
 
 SCHEMA_VERSION = 1
 
@@ -44,7 +44,9 @@ class Policy:
         target: the budget, e.g. ``{"metric": "macs", "fraction": 0.5}`` (None: unconstrained).
         macs, params: cost of the pruned model; ``base_macs``/``base_params`` of the unpruned one.
         accuracy: measured accuracies by split, e.g. ``{"holdout": 0.71, "test": 0.80}``.
-        provenance: who made it (agent, seed, autoprune version, time).
+        provenance: who made it (agent, seed, autoprune version, time). ``channel_macs``, when present,
+            is the cost of ``channels`` alone for a method that removes more (zeroed kernels: ``macs``
+            counts what remains).
     """
 
     arch: str
@@ -132,7 +134,9 @@ class Policy:
             raise PolicyError(f"Policy does not match {self.arch}/{self.space}: missing groups {missing}, unknown groups {extra}.")
         space.check(self.channels)
         macs = space.macs([len(self.channels[n]) for n in space.names])
-        if macs != self.macs:
+        # a method that removes more than whole channels (zeroed kernels) states fewer MACs, and its channels' own
+        sparse = self.provenance.get("channel_macs") == macs and self.macs <= macs
+        if macs != self.macs and not sparse:
             raise PolicyError(f"Policy says {self.macs} MACs but its channels cost {macs} on {self.arch}: the file was edited or made by another version.")
 
 

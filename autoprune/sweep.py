@@ -1,7 +1,7 @@
 """`autoprune sweep`: every (target, agent) cell searches, then fine-tunes its policy, as one Ray Tune trial.
 
     OUT/config.yaml                  the cells and their settings (what --resume replays)
-    OUT/<agent>-t<target>/search/    the cell's search run ("uniform": OUT/<cell>/policy.json, no search)
+    OUT/<agent>-t<target>/search/    the cell's search run (a handcrafted preset, e.g. uniform: its one answer)
     OUT/<agent>-t<target>/finetune/  its fine-tune run
     OUT/tune/                        Tune's experiment
     OUT/results.csv, OUT/sweep.png   test accuracy against MACs kept, one line per agent
@@ -35,9 +35,7 @@ from .tune import (
     write_outcomes,
 )
 
-__all__ = ["SweepConfig", "sweep", "sweep_trial", "table", "UNIFORM"]
-
-UNIFORM = "uniform"  # the agent name of the uniform-L1 policy: no search
+__all__ = ["SweepConfig", "sweep", "sweep_trial", "table"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ class SweepConfig:
     Attributes:
         arch, data_dir, checkpoint: the model and data, as for `autoprune search`.
         targets: MACs fractions kept.
-        agents: search presets (see `autoprune search --agent`) or "uniform".
+        agents: search presets (see `autoprune search --agent`), handcrafted ones (uniform, slimming...) included.
         episodes: search episodes per target (None: each preset's).
         finetune_epochs: fine-tune epochs (None: the training preset's).
         preset: training preset ("auto": cifar where trials get a GPU, else cpu).
@@ -76,25 +74,14 @@ class SweepConfig:
         from .search import load_preset
 
         for agent in self.agents:
-            if agent != UNIFORM:
-                load_preset(agent)  # an unknown agent fails here, before Ray starts
+            load_preset(agent)  # an unknown agent fails here, before Ray starts
 
 
 def _policy(cell: dict[str, Any], out: Path) -> Path:
-    """The cell's policy file: searched (resumed if cut short), or the uniform-L1 one."""
-    from .checkpoints import load_model
-    from .prune import prune
+    """The cell's policy file, from its search run (resumed if cut short; a handcrafted preset answers once)."""
     from .search import SearchConfig, search
 
     target = cell["target"]
-    if cell["agent"] == UNIFORM:
-        path = out / "policy.json"
-        if not path.is_file():
-            model, sha = load_model(cell["arch"], cell["checkpoint"])
-            policy, _ = prune(model, cell["arch"], target, method="uniform", criterion="l1",
-                              space=cell["search"].get("space"), checkpoint=sha)
-            policy.save(path)
-        return path
     runs = out / "search"
     path = runs / f"policy-{target:g}.json"
     if not path.is_file():  # written last by a search: its absence means unfinished
@@ -106,7 +93,7 @@ def _policy(cell: dict[str, Any], out: Path) -> Path:
 
 
 def sweep_trial(config: dict[str, Any]) -> None:
-    """The Tune trainable of one cell: search (or prune uniformly), then fine-tune, reporting every epoch."""
+    """The Tune trainable of one cell: search (or run a handcrafted method), then fine-tune, reporting every epoch."""
     import torch
     from ray import tune
 
@@ -118,10 +105,13 @@ def sweep_trial(config: dict[str, Any]) -> None:
     out = Path(cell["run_dir"])
     out.mkdir(parents=True, exist_ok=True)
     policy = _policy(cell, out)
-    macs = Policy.load(policy).macs_fraction
+    loaded = Policy.load(policy)
+    macs = loaded.macs_fraction
+    weights = loaded.provenance.get("weights")  # a method that trained: its policy is cut from these weights
+    checkpoint = str(policy.parent / weights) if weights else cell["checkpoint"]
     settings = {"agent": cell["agent"], "target": cell["target"], "macs_fraction": macs}
     recipe = {"epochs": cell["epochs"]} if cell["epochs"] else None
-    training = make_config("finetune", cell["data_dir"], policy=policy, checkpoint=cell["checkpoint"],
+    training = make_config("finetune", cell["data_dir"], policy=policy, checkpoint=checkpoint,
                            preset=cell["preset"], recipe=recipe, seed=cell["seed"], **cell["train"])
     finals = []
 

@@ -2,8 +2,9 @@
 
     python scripts/bench_search.py [--cells all] [--episodes 150] [--results bench-results/search]
 
-Every cell is one `autoprune search` run of the pretrained resnet56 (the
-library call, as the CLI makes it), with BN-recalibrated, not fine-tuned,
+Every cell is one `autoprune search` command on the pretrained resnet56
+(run as a user types it; its wall time includes start-up and the final
+pick), with BN-recalibrated, not fine-tuned,
 accuracies. A cell's result is stored as JSON in --results (its run
 directory under runs/, policies included) and reused by
 later invocations (delete it, or --force, to measure again), so the long
@@ -26,36 +27,46 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import yaml
 
 from autoprune._table import format_table
-from autoprune.search import SearchConfig, load_preset, search
+from autoprune.policy import Policy
+from autoprune.search import load_preset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 AGENTS = ("cacp", "ddpg", "tpe", "random", "cmaes", "qmc")
 CELLS = ("agents", "conditional", "fidelity", "workers")
 
 
-def _run(name: str, args: argparse.Namespace, **overrides: object) -> dict:
-    """One search cell, cached as JSON."""
+def run_cell(name: str, args: argparse.Namespace, *, agent: str, targets: tuple[float, ...] = (0.5,),
+         episodes: int | None = None, **flags: object) -> dict:
+    """One search cell: the `autoprune search` command a user would type, timed from outside; cached as JSON."""
     path = Path(args.results) / f"{name}.json"
     if path.exists() and not args.force:
         return json.loads(path.read_text())
     out = Path(args.results) / "runs" / name
-    settings = {"targets": [0.5], **overrides}
-    config = SearchConfig(arch="resnet56", data_dir=args.data_dir, checkpoint=args.checkpoint, device=args.device,
-                          seed=args.seed, **settings)
+    command = ["autoprune", "search", "--arch", "resnet56", "--agent", agent, "--data-dir", args.data_dir,
+               "--checkpoint", args.checkpoint, "--device", args.device, "--seed", str(args.seed),
+               "--target-flops", *map(str, targets), "--out", str(out), "--overwrite"]
+    command += ["--episodes", str(episodes)] if episodes is not None else []
+    for flag, value in flags.items():
+        command += [f"--{flag.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    print("$ " + " ".join(command), flush=True)
     start = time.perf_counter()
-    result = search(config, out, overwrite=True)
+    subprocess.run(command, check=True)
     wall = time.perf_counter() - start
-    record = {"name": name, "agent": config.agent, "wall": wall, "evaluations": result.evaluations,
-              "seconds": result.seconds, "episodes": len((out / "episodes.csv").read_text().splitlines()) - 1,
-              "targets": {f"{t:g}": {"macs": p.macs_fraction, "params": p.params_fraction, **p.accuracy,
-                                      "uniform_holdout": result.uniform[t][0], "uniform_test": result.uniform[t][1]}
-                          for t, p in result.policies.items()}}
+    result = json.loads((out / "result.json").read_text())
+    policies = {p.stem.removeprefix("policy-"): Policy.load(p) for p in out.glob("policy-*.json")}
+    record = {"name": name, "agent": agent, "command": " ".join(command), "wall": wall,
+              "evaluations": result["evaluations"], "seconds": result["seconds"],
+              "episodes": len((out / "episodes.csv").read_text().splitlines()) - 1,
+              "targets": {t: {"macs": p.macs_fraction, "params": p.params_fraction, **p.accuracy,
+                              "uniform_holdout": result["uniform"][t]["holdout"],
+                              "uniform_test": result["uniform"][t]["test"]} for t, p in policies.items()}}
     path.write_text(json.dumps(record, indent=1))
     return record
 
@@ -75,13 +86,18 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def agent_cell(args: argparse.Namespace, agent: str) -> dict:
+    """``agent`` at 0.5 with the default search's number of evaluations (cacp: the default command itself)."""
+    episodes = None if agent == "cacp" else load_preset("cacp").total_episodes
+    return run_cell(f"agent-{agent}", args, agent=agent, episodes=episodes)
+
+
 def agents(args: argparse.Namespace) -> None:
     default = load_preset("cacp")
     evaluations = default.total_episodes
     rows, records = [], {}
     for agent in args.agents:
-        episodes = default.episodes if agent == "cacp" else evaluations
-        records[agent] = r = _run(f"agent-{agent}", args, agent=agent, episodes=episodes)
+        records[agent] = r = agent_cell(args, agent)
         t = r["targets"]["0.5"]
         rows.append((agent, r["episodes"], r["evaluations"], f"{t['macs']:.3f}", _pct(t["holdout"]), _pct(t["test"]),
                      f"{r['wall'] / 60:.1f}"))
@@ -106,11 +122,11 @@ def conditional(args: argparse.Namespace) -> None:
     default = load_preset("cacp")
     per_target = default.episodes
     warmup = default.warmup_episodes // len(default.targets)
-    cacp = _run("agent-cacp", args, agent="cacp", episodes=per_target)
+    cacp = run_cell("agent-cacp", args, agent="cacp")
     rows = []
     for target in default.targets:
         preset = _preset(args, "ddpg", episodes=per_target, warmup_episodes=warmup)
-        r = _run(f"ddpg-{per_target}-t{target:g}", args, agent=preset, targets=[target])
+        r = run_cell(f"ddpg-{per_target}-t{target:g}", args, agent=preset, targets=[target])
         d, c = r["targets"][f"{target:g}"], cacp["targets"][f"{target:g}"]
         rows.append((f"{target:g}", _pct(d["holdout"]), _pct(d["test"]), _pct(c["holdout"]), _pct(c["test"]),
                      f"{100 * (c['test'] - d['test']):+.2f}", _pct(c["uniform_test"])))
@@ -122,8 +138,8 @@ def conditional(args: argparse.Namespace) -> None:
 
 def fidelity(args: argparse.Namespace) -> None:
     episodes = load_preset("cacp").total_episodes
-    plain = _run("agent-tpe", args, agent="tpe", episodes=episodes)
-    screened = _run("tpe-multi-fidelity", args, agent="tpe", episodes=episodes, multi_fidelity=True)
+    plain = run_cell("agent-tpe", args, agent="tpe", episodes=episodes)
+    screened = run_cell("tpe-multi-fidelity", args, agent="tpe", episodes=episodes, multi_fidelity=True)
     rows = [(name, r["evaluations"], _pct(r["targets"]["0.5"]["holdout"]), _pct(r["targets"]["0.5"]["test"]),
              f"{r['seconds']['search'] / 60:.1f}") for name, r in (("tpe", plain), ("tpe + median pruner", screened))]
     print(f"\nmulti-fidelity (a quarter of the reward images first, median pruner), {episodes} trials each:")
@@ -133,7 +149,7 @@ def fidelity(args: argparse.Namespace) -> None:
 def workers(args: argparse.Namespace) -> None:
     rows = []
     for n in (1, 2):
-        r = _run(f"workers-{n}", args, agent="random", episodes=args.worker_trials, workers=n)
+        r = run_cell(f"workers-{n}", args, agent="random", episodes=args.worker_trials, workers=n)
         rows.append((n, r["episodes"], f"{r['seconds']['search']:.0f}",
                      f"{60 * r['episodes'] / r['seconds']['search']:.1f}"))
     speedup = float(rows[1][3]) / float(rows[0][3])

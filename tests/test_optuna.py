@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import sqlite3
@@ -32,6 +33,9 @@ def test_sampler_respects_the_budget_and_starts_uniform(tiny, tmp_path, agent):
     assert np.allclose(first[:-1], uniform[:-1], atol=1e-3)  # the env fills the budget with the last group
     assert first[-1] >= uniform[-1] - 1e-3
     assert result.policies[0.5].macs_fraction <= 0.5 and (tmp_path / agent / "study.db").is_file()
+    saved = json.loads((tmp_path / agent / "result.json").read_text())  # what scripts read back
+    assert saved["evaluations"] == result.evaluations and saved["seconds"]["search"] == result.seconds["search"]
+    assert saved["uniform"]["0.5"] == dict(zip(("holdout", "test"), result.uniform[0.5], strict=True))
 
 
 def interrupt_at_episode(monkeypatch, n):

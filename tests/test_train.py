@@ -206,6 +206,21 @@ def test_a_policy_for_another_checkpoint_is_refused(quad, tmp_path, capsys):
     assert code == 2 and "Policy was made on checkpoint" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("mode", ["finetune", "scratch"])
+def test_a_kernel_sparse_policy_is_refused_with_what_to_do(quad, tmp_path, mode):
+    from autoprune.policy import Policy
+
+    policy = Policy.load(quad / "u50.json")  # as DExp states it: fewer MACs than its channels', which it records
+    policy.provenance.update(method="dexp", channel_macs=policy.macs)
+    policy.macs -= 1000
+    policy.save(tmp_path / "sparse.json")
+    c = make_config(mode, quad / "data", policy=tmp_path / "sparse.json", checkpoint=quad / "base.th", preset="cpu",
+                    device="cpu", holdout=40)
+    with pytest.raises(AutopruneError, match=r"zeroing kernels \(dexp\).*grow back.*raise `epochs` in its preset"):
+        train(c, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
 @pytest.mark.parametrize("argv,message", [
     (["finetune", "--policy", "{q}/u50.json", "{q}/g70.json", "--data-dir", "{q}/data"], "pass --ray"),
     (["finetune", "--policy", "{q}/u50.json", "--data-dir", "{q}/data", "--asha"], "--asha only apply with --ray"),

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import AutopruneError, unknown_name
 from ._discover import Group
+from ._reconstruct import Reconstruction
 
 __all__ = ["CRITERIA", "channel_scores", "taylor_gradients"]
 
@@ -75,12 +76,23 @@ def _taylor(model: nn.Module, group: Group, *, grads: dict[str, torch.Tensor] | 
     return _accumulate(group, rows) ** 2
 
 
+def _reconstruction(
+    model: nn.Module, group: Group, *, problems: dict[str, Reconstruction] | None = None, **_: object
+) -> np.ndarray:
+    """How much the reconstruction of the consumers' outputs needs each channel (He et al. 2017): the LASSO
+    penalty at which the channel's coefficient enters the path (larger: needed more; 0: never needed)."""
+    if problems is None:
+        raise AutopruneError("Criterion 'reconstruction' needs feature maps: pass batches of training data.")
+    return problems[group.name].scores()
+
+
 CRITERIA: dict[str, Callable[..., np.ndarray]] = {
     "l1": _norm(1),
     "l2": _norm(2),
     "bn-gamma": _bn_gamma,
     "random": _random,
     "taylor": _taylor,
+    "reconstruction": _reconstruction,
 }
 
 

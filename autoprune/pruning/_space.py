@@ -19,6 +19,7 @@ from ..errors import AutopruneError, PolicyError
 from ..models import ModelInfo, get_model_info
 from ._criteria import channel_scores, taylor_gradients
 from ._discover import Group, build_graph, discover_groups, output_sizes
+from ._reconstruct import reconstruction_problems
 from ._spec import AUTO_SPACE, SpaceSpec, load_spec
 
 __all__ = ["PrunableSpace", "space_for"]
@@ -119,9 +120,11 @@ class PrunableSpace:
         batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
         seed: int = 0,
     ) -> dict[str, np.ndarray]:
-        """Per-channel scores of every searchable group (``taylor`` needs training ``batches``)."""
+        """Per-channel scores of every searchable group (``taylor`` and ``reconstruction`` need training ``batches``)."""
         grads = taylor_gradients(self.model, batches) if criterion == "taylor" and batches else None
-        return channel_scores(self.model, self.searchable, criterion, seed=seed, grads=grads)
+        problems = (reconstruction_problems(self.model, self.searchable, batches, seed=seed)
+                    if criterion == "reconstruction" and batches else None)
+        return channel_scores(self.model, self.searchable, criterion, seed=seed, grads=grads, problems=problems)
 
     def select(self, counts: Sequence[int] | np.ndarray, scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Kept channel indices per searchable group: the ``counts[j]`` highest-scoring ones."""

@@ -15,13 +15,15 @@ from typing import Any
 import yaml
 
 from .._resources import resource_dir
+from ..baselines import METHODS
 from ..errors import AutopruneError, unknown_name
 
-__all__ = ["Preset", "load_preset", "list_presets", "ALGORITHMS", "RL_ALGORITHMS", "OPTUNA_ALGORITHMS"]
+__all__ = ["ALGORITHMS", "HANDCRAFTED", "OPTUNA_ALGORITHMS", "RL_ALGORITHMS", "Preset", "list_presets", "load_preset"]
 
 RL_ALGORITHMS = ("ddpg", "td3", "sac", "ppo")
 OPTUNA_ALGORITHMS = ("tpe", "cmaes", "random", "qmc", "nsga2")
-ALGORITHMS = RL_ALGORITHMS + OPTUNA_ALGORITHMS
+HANDCRAFTED = tuple(METHODS)  # the methods of autoprune.baselines: run once per target, no search
+ALGORITHMS = RL_ALGORITHMS + OPTUNA_ALGORITHMS + HANDCRAFTED
 
 
 @dataclass(frozen=True)
@@ -30,19 +32,22 @@ class Preset:
 
     Attributes:
         name: the preset's name (file stem).
-        algorithm: one of :data:`ALGORITHMS`.
+        algorithm: one of :data:`ALGORITHMS` (or a method registered in ``autoprune.baselines``).
         targets: MACs fractions; several make an RL agent conditional (CACP), run one Optuna
-            study per target, or span the range of NSGA-II's budgets.
-        reward: the env's reward form.
-        criterion: channel selection inside each group.
-        episodes: episodes (trials) per target; NSGA-II: in all.
+            study per target, span the range of NSGA-II's budgets, or run a handcrafted method
+            once per target.
+        reward: the env's reward form (not used by handcrafted methods).
+        criterion: channel selection inside each group (for handcrafted methods: their ranking).
+        episodes: episodes (trials) per target; NSGA-II: in all. Meaningless for handcrafted
+            methods, which answer once per target (``--episodes`` is ignored there).
         warmup_episodes: random-action episodes before learning (off-policy agents), or the
-            sampler's random start-up trials (Optuna).
+            sampler's random start-up trials (Optuna); meaningless for handcrafted methods.
         checkpoint_every: episodes between checkpoints of the run (RL; an Optuna study saves
             every trial).
         multi_fidelity: Optuna only: score a quarter of the reward images first and let a
             median pruner stop trials below the median there.
-        hyperparameters: passed to the algorithm's (or sampler's) constructor.
+        hyperparameters: passed to the algorithm's (or sampler's) constructor; a handcrafted
+            method's own knobs (``Context.hyperparameters``).
     """
 
     name: str
@@ -57,7 +62,7 @@ class Preset:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.algorithm not in ALGORITHMS:
+        if self.algorithm not in ALGORITHMS and self.algorithm not in METHODS:
             raise unknown_name("algorithm", self.algorithm, ALGORITHMS)
         if self.algorithm == "nsga2" and len(self.targets) < 2:
             raise AutopruneError(f"Preset {self.name!r}: nsga2 searches a range of budgets; give at least two "
@@ -69,6 +74,11 @@ class Preset:
     @property
     def optuna(self) -> bool:
         return self.algorithm in OPTUNA_ALGORITHMS
+
+    @property
+    def handcrafted(self) -> bool:
+        """A method of :mod:`autoprune.baselines`: one answer per target instead of a search."""
+        return self.algorithm in METHODS
 
     @property
     def total_episodes(self) -> int:

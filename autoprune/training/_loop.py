@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -93,10 +94,13 @@ class Trainer:
         device: where to train.
         teacher: a frozen network whose softened outputs the student also fits (None: no KD).
         kd_temperature, kd_weight: see :func:`kd_loss`.
+        regularizer: a term added to every batch's loss, computed from the model (the
+            pruning methods that train: Network Slimming's L1 on BN scales, SCP's FLOPs term).
     """
 
     def __init__(self, model: nn.Module, recipe: Recipe, loader: DeviceLoader, device: torch.device, *,
-                 teacher: nn.Module | None = None, kd_temperature: float = 4.0, kd_weight: float = 0.9) -> None:
+                 teacher: nn.Module | None = None, kd_temperature: float = 4.0, kd_weight: float = 0.9,
+                 regularizer: Callable[[nn.Module], torch.Tensor] | None = None) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
         fmt = torch.channels_last if self.cuda else torch.contiguous_format
@@ -106,6 +110,7 @@ class Trainer:
             self.teacher.requires_grad_(False)
         self.recipe, self.loader = recipe, loader
         self.kd_temperature, self.kd_weight = kd_temperature, kd_weight
+        self.regularizer = regularizer
         self.optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                          nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
         steps = recipe.epochs * len(loader)
@@ -143,6 +148,8 @@ class Trainer:
             with self._autocast():
                 logits = self.model(x)
                 loss = self._loss(logits, x, y)
+                if self.regularizer is not None:
+                    loss = loss + self.regularizer(self.model)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)

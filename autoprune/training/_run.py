@@ -81,6 +81,25 @@ def _load_teacher(spec: str, arch: str, num_classes: int) -> nn.Module:
     return load_model(arch, spec, num_classes=num_classes)[0]
 
 
+def _refuse_kernel_sparse(policy: Policy, source: str | None, mode: str) -> None:
+    """Refuse a policy whose MACs count zeroed kernels (DExp's): training here could not hold them at zero.
+
+    Such a policy states ``macs`` below its channels' own cost, which it records
+    as ``provenance["channel_macs"]``; the pruned model trained here is dense,
+    so the kernels would grow back and the stated MACs would no longer hold.
+    """
+    channel_macs = policy.provenance.get("channel_macs")
+    if channel_macs is None or policy.macs >= channel_macs:
+        return
+    method = policy.provenance.get("method", "its method")
+    raise AutopruneError(
+        f"Policy {source} states {policy.macs} MACs by zeroing kernels ({method}), below the {channel_macs} its "
+        f"channels cost. Training it here ({mode}) trains the pruned channels densely: the zeroed kernels would grow "
+        f"back silently and the stated MACs would not hold. {method} fine-tunes with its masks held inside the "
+        "method: raise `epochs` in its preset's hyperparameters (e.g. agents/dexp.yaml) and search again; the weights it "
+        "saves beside the policy (weights-<target>.pt) are then the fine-tuned, masked model.")
+
+
 def _build(config: TrainConfig, policy: Policy | None, num_classes: int) -> tuple[nn.Module, nn.Module | None]:
     """The student (pruned from the checkpoint, or randomly initialised) and the KD teacher, if any."""
     arch = str(config.arch)
@@ -126,6 +145,8 @@ def train(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     else:
         RunDir.refuse(out, overwrite)
         policy = Policy.load(config.policy) if config.policy is not None else None
+    if policy is not None:
+        _refuse_kernel_sparse(policy, config.policy, config.mode)
     device = resolve_device(config.device)
     data = load_dataset(config.data_dir, name=config.dataset)
     if policy is not None and policy.num_classes != data.num_classes:
