@@ -103,7 +103,9 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], arch: str) -
     convention of published checkpoints), which catches truncated downloads.
     """
     path = Path(path)
-    digest = file_sha256(path) if path.is_file() else ""
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist (or is not a file).")
+    digest = file_sha256(path)
     stated = re.search(r"-([0-9a-f]{8,64})\.[A-Za-z]+$", path.name)
     if stated and not digest.startswith(stated.group(1)):
         raise CheckpointError(f"Checkpoint {path} is corrupt: its sha256 starts {digest[:8]}, its name says {stated.group(1)[:8]}.")

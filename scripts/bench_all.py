@@ -53,13 +53,14 @@ def _uniform_policy(args: argparse.Namespace, record: dict, out: Path) -> Path:
     return path
 
 
-def _finetune(args: argparse.Namespace, name: str, policy: Path, out: Path) -> dict:
-    """Fine-tune ``policy`` with the cpu preset's short budget; stored as JSON and reused."""
+def finetune_cell(args: argparse.Namespace, name: str, policy: Path, out: Path, checkpoint: str | None = None) -> dict:
+    """Fine-tune ``policy`` (cut from ``checkpoint``, default ``args.checkpoint``) with the cpu preset's short
+    budget; stored as JSON in ``out`` and reused."""
     path = out / f"finetune-{name}.json"
     if path.exists() and not args.force:
         return json.loads(path.read_text())
-    config = make_config("finetune", args.data_dir, policy=str(policy), checkpoint=args.checkpoint, preset="cpu",
-                         device=args.device, seed=args.seed, recipe={"epochs": args.epochs})
+    config = make_config("finetune", args.data_dir, policy=str(policy), checkpoint=checkpoint or args.checkpoint,
+                         preset="cpu", device=args.device, seed=args.seed, recipe={"epochs": args.epochs})
     start = time.perf_counter()
     result = train(config, out / "runs" / name, overwrite=True)
     record = {"policy": str(policy), "epochs": args.epochs, "minutes": (time.perf_counter() - start) / 60,
@@ -124,7 +125,7 @@ def main() -> None:
                  "holdout": reference["uniform_holdout"], "test": reference["uniform_test"], "search": None,
                  "policy": uniform})
     for row in rows[: args.top] + rows[-1:]:  # the best picks by holdout (never by test), and the reference
-        tuned = _finetune(args, row["agent"], row["policy"], out)
+        tuned = finetune_cell(args, row["agent"], row["policy"], out)
         row.update(tuned=tuned["test"], tune_min=tuned["minutes"])
 
     def pct(x: float | None) -> str:

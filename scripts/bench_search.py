@@ -63,7 +63,8 @@ def run_cell(name: str, args: argparse.Namespace, *, agent: str, targets: tuple[
     policies = {p.stem.removeprefix("policy-"): Policy.load(p) for p in out.glob("policy-*.json")}
     record = {"name": name, "agent": agent, "command": " ".join(command), "wall": wall,
               "evaluations": result["evaluations"], "seconds": result["seconds"],
-              "episodes": len((out / "episodes.csv").read_text().splitlines()) - 1,
+              "episodes": (len((out / "episodes.csv").read_text().splitlines()) - 1
+                           if (out / "episodes.csv").exists() else 0),  # a handcrafted method plays none
               "targets": {t: {"macs": p.macs_fraction, "params": p.params_fraction, **p.accuracy,
                               "uniform_holdout": result["uniform"][t]["holdout"],
                               "uniform_test": result["uniform"][t]["test"]} for t, p in policies.items()}}

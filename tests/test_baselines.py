@@ -264,6 +264,10 @@ def test_search_with_the_uniform_agent(tiny, tmp_path):
     assert result.uniform[0.5] == (policy.accuracy["holdout"], policy.accuracy["test"])  # it IS uniform-L1
     assert "uniform-L1" in result.table and result.evaluations == 1
     assert json.loads((tmp_path / "run" / "result.json").read_text())["evaluations"] == 1
+    from autoprune.reports import write_report  # no episodes to plot: the report still holds the table
+
+    written = write_report(tmp_path / "run")
+    assert "uniform @ 0.5" in (tmp_path / "run" / "report.md").read_text() and written
     with pytest.raises(AutopruneError, match="handcrafted method 'uniform'"):
         export_policy(tmp_path / "run", 0.45)
     with pytest.raises(AutopruneError, match="'uniform' is not one"):

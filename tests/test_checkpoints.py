@@ -99,3 +99,8 @@ def test_download_checks_the_hash_and_leaves_no_partial_file(tmp_path, monkeypat
     with pytest.raises(CheckpointError, match="expected 0000"):
         pretrained_path("resnet20")
     assert list((tmp_path / "cache" / "checkpoints").iterdir()) == []
+
+
+def test_a_missing_checkpoint_named_like_a_published_one_says_it_is_missing(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):  # not "corrupt: its sha256 starts ,"
+        load_checkpoint(create("resnet20"), tmp_path / "resnet20-12fca82f.th", "resnet20")

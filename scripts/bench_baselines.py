@@ -1,0 +1,90 @@
+"""The handcrafted methods against the searched agents, on the same protocol.
+
+    python scripts/bench_baselines.py [--methods uniform global-l1 slimming lasso dcp scp dexp] [--epochs 2]
+
+Pretrained resnet56 on the ../shared CIFAR-10 data at 0.5 of the MACs. Each
+method is one `autoprune search --agent <method>` command (its preset's CPU
+budget: 1 epoch of sparsity or mask training for slimming, dcp and scp, 2
+epochs of masked fine-tuning for dexp, none for the others), its policy
+measured BN-recalibrated; then every policy gets the same short fine-tune
+(the ``cpu`` training preset: ``--epochs`` epochs, lr 0.01 cosine, batch 128)
+from the weights it was cut from (the method's saved weights where it trains
+or refits). DExp's policy removes kernels, not channels, and cannot be
+fine-tuned densely: its row's fine-tuned column is its own masked fine-tune.
+
+The searched agents' rows (cacp, tpe, ...) come from bench_search.py's
+`agents` cell and bench_all.py's fine-tunes where they are stored. Results are
+stored in ``--results``/baselines and reused (delete them, or --force).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_all
+import bench_search
+
+from autoprune._table import format_table
+
+METHODS = ("uniform", "global-l1", "global-bn-gamma", "global-taylor", "slimming", "lasso", "dcp", "scp", "dexp")
+HEADER = ["agent", "MACs kept", "params kept", "holdout %", "test %", "test % fine-tuned", "method min",
+          "fine-tune min"]
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--epochs", type=int, default=2, help="fine-tune epochs (default 2)")
+    parser.add_argument("--data-dir", default=str(bench_search.SHARED / "data" / "cifar10"))
+    parser.add_argument("--checkpoint",
+                        default=str(bench_search.SHARED / "pretrained" / "cifar10" / "resnet56-4bfd9763.th"))
+    parser.add_argument("--results", default="bench-results", help="root of the stored results")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="measure again, ignoring stored results")
+    args = parser.parse_args()
+    out = Path(args.results) / "baselines"
+    out.mkdir(parents=True, exist_ok=True)
+    cell_args = argparse.Namespace(**{**vars(args), "results": str(out)})
+
+    rows = []
+    for method in args.methods:
+        r = bench_search.run_cell(f"method-{method}", cell_args, agent=method)
+        t = r["targets"]["0.5"]
+        run = out / "runs" / f"method-{method}"
+        policy = json.loads((run / "policy-0.5.json").read_text())
+        if method == "dexp":  # fine-tuned inside the method with its masks held
+            tuned = {"test": t["test"], "minutes": None}
+        else:
+            weights = policy["provenance"].get("weights")
+            tuned = bench_all.finetune_cell(args, method, run / "policy-0.5.json", out,
+                                            checkpoint=str(run / weights) if weights else None)
+        rows.append((method, f"{t['macs']:.3f}", f"{t['params']:.3f}", _pct(t["holdout"]), _pct(t["test"]),
+                     _pct(tuned["test"]), f"{r['wall'] / 60:.1f}",
+                     "-" if tuned["minutes"] is None else f"{tuned['minutes']:.1f}"))
+    searched = Path(args.results) / "search"
+    for cell in sorted(searched.glob("agent-*.json")):  # the searched agents, where bench_search stored them
+        r = json.loads(cell.read_text())
+        t = r["targets"]["0.5"]
+        stored = Path(args.results) / "all" / f"finetune-{r['agent']}.json"
+        tuned = json.loads(stored.read_text()) if stored.exists() else None
+        rows.append((f"{r['agent']} (searched)", f"{t['macs']:.3f}", f"{t['params']:.3f}", _pct(t["holdout"]),
+                     _pct(t["test"]), _pct(tuned["test"] if tuned else None), f"{r['wall'] / 60:.1f}",
+                     f"{tuned['minutes']:.1f}" if tuned else "-"))
+    print(f"resnet56 at 0.5 of the MACs; holdout = 5,000 held-out training images, test = the test split, once; "
+          f"fine-tuned: {args.epochs} epochs, lr 0.01 cosine, batch 128 (cpu preset) from the method's weights")
+    table = format_table(HEADER, rows)
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
