@@ -95,13 +95,7 @@ def main() -> None:
     parser.add_argument("--agents", nargs="+", default=list(bench_search.AGENTS), choices=bench_search.AGENTS)
     parser.add_argument("--top", type=int, default=1, help="fine-tune the best N picks by holdout (default 1)")
     parser.add_argument("--epochs", type=int, default=2, help="fine-tune epochs (default 2)")
-    parser.add_argument("--data-dir", default=str(bench_search.SHARED / "data" / "cifar10"))
-    parser.add_argument("--checkpoint",
-                        default=str(bench_search.SHARED / "pretrained" / "cifar10" / "resnet56-4bfd9763.th"))
-    parser.add_argument("--results", default="bench-results", help="root of the stored results")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="fine-tune again, ignoring stored results")
+    bench_search.add_common_arguments(parser, "bench-results")
     args = parser.parse_args()
     if args.top < 0 or args.epochs < 1:
         parser.error("--top must be at least 0 and --epochs at least 1")

@@ -43,13 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--epochs", type=int, default=2, help="fine-tune epochs (default 2)")
-    parser.add_argument("--data-dir", default=str(bench_search.SHARED / "data" / "cifar10"))
-    parser.add_argument("--checkpoint",
-                        default=str(bench_search.SHARED / "pretrained" / "cifar10" / "resnet56-4bfd9763.th"))
-    parser.add_argument("--results", default="bench-results", help="root of the stored results")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="measure again, ignoring stored results")
+    bench_search.add_common_arguments(parser, "bench-results")
     args = parser.parse_args()
     out = Path(args.results) / "baselines"
     out.mkdir(parents=True, exist_ok=True)

@@ -159,18 +159,23 @@ def workers(args: argparse.Namespace) -> None:
     print(f"speed-up of 2 workers over serial: {speedup:.2f}x")
 
 
+def add_common_arguments(parser: argparse.ArgumentParser, results: str) -> None:
+    """The data, checkpoint, device, seed and result-store options every benchmark script shares."""
+    parser.add_argument("--data-dir", default=str(SHARED / "data" / "cifar10"))
+    parser.add_argument("--checkpoint", default=str(SHARED / "pretrained" / "cifar10" / "resnet56-4bfd9763.th"))
+    parser.add_argument("--results", default=results, help=f"where results are stored and reused (default {results})")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="measure again, ignoring stored results")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", nargs="+", default=["all"], choices=["all", *CELLS])
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS,
                         help="the agents of the agents cell (default: all)")
-    parser.add_argument("--data-dir", default=str(SHARED / "data" / "cifar10"))
-    parser.add_argument("--checkpoint", default=str(SHARED / "pretrained" / "cifar10" / "resnet56-4bfd9763.th"))
-    parser.add_argument("--results", default="bench-results/search")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    add_common_arguments(parser, "bench-results/search")
     parser.add_argument("--worker-trials", type=int, default=24)
-    parser.add_argument("--force", action="store_true", help="measure again, ignoring stored results")
     args = parser.parse_args()
     Path(args.results).mkdir(parents=True, exist_ok=True)
     cells = CELLS if "all" in args.cells else args.cells
