@@ -252,13 +252,8 @@ class PruningEnv(gym.Env):
         part = part or self._part()
         if (key, part) in self._cache:
             return self._cache[(key, part)], True
-        start = time.perf_counter()
-        model = self.evaluator.prepare(self.space.apply(self.space.select(counts, self._scores)))
-        applied = time.perf_counter()
-        self.evaluator.recalibrate(model)
+        model = self.judged(counts)
         recalibrated = time.perf_counter()
-        self.timings["apply"] += applied - start
-        self.timings["recalibrate"] += recalibrated - applied
         try:
             acc = self._score(model, part, screen)
         finally:
@@ -266,6 +261,19 @@ class PruningEnv(gym.Env):
         self._cache[(key, part)] = acc
         self.evaluations += 1
         return acc, False
+
+    def judged(self, counts: Sequence[int]) -> Any:
+        """The model pruned to ``counts``, ready to be judged (BN recalibrated and folded); not cached.
+
+        Its time goes into ``timings``: "apply" (cut the model), "recalibrate" (adaptive BN and folding).
+        """
+        start = time.perf_counter()
+        model = self.evaluator.prepare(self.space.apply(self.space.select(counts, self._scores)))
+        applied = time.perf_counter()
+        model = self.evaluator.ready(model)
+        self.timings["apply"] += applied - start
+        self.timings["recalibrate"] += time.perf_counter() - applied
+        return model
 
     def _score(self, model: Any, part: str, screen: Callable[[float], None] | None) -> float:
         if screen is None or part != "reward":

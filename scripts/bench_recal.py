@@ -25,7 +25,7 @@ from scipy.stats import spearmanr
 from autoprune._table import format_table
 from autoprune.checkpoints import load_model
 from autoprune.env import EnvConfig, PruningEnv
-from autoprune.evaluate import Evaluator
+from autoprune.evaluate import Evaluator, recalibrate_bn
 from autoprune.pruning import space_for
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -64,7 +64,7 @@ def main() -> None:
         for n in sizes:
             pruned = evaluators[n].prepare(space.apply(kept))
             start = time.perf_counter()
-            evaluators[n].recalibrate(pruned)
+            recalibrate_bn(pruned, evaluators[n].recal_loader)
             seconds[n].append(time.perf_counter() - start)
             acc[n].append(evaluators[n].holdout(pruned, part="reward").top1)
         print(f"policy {i + 1}/{args.policies} (target {target}): "

@@ -26,6 +26,20 @@ def test_search_writes_a_complete_run(tiny, tmp_path, agent):
     assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
 
 
+def test_the_picks_holdout_is_its_reward_and_select_parts_added_up(tiny, tmp_path):
+    """The pick's whole-holdout accuracy is summed from the parts the search measured: the same as judging it afresh."""
+    from autoprune.policy import Policy
+    from autoprune.search._search import setup
+
+    cfg = config(tiny, "ddpg")
+    search(cfg, tmp_path / "run")
+    policy = Policy.load(tmp_path / "run" / "policy.json")
+    _, _, evaluator, space = setup(cfg)
+    model = evaluator.ready(evaluator.prepare(space.apply(policy.channels)))
+    assert policy.accuracy["holdout"] == evaluator.holdout(model).top1
+    assert policy.accuracy["test"] == evaluator.test(model).top1
+
+
 def interrupt_after_first_checkpoint(monkeypatch):
     original = _run_dir.RunDir.save_checkpoint
 

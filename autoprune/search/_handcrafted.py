@@ -110,8 +110,7 @@ def _answer(method: Callable[[Context], Outcome], config: SearchConfig, preset: 
     if outcome.macs is not None:  # more removed than whole channels (zeroed kernels): the method's count
         policy.provenance["channel_macs"] = policy.macs
         policy.macs = int(outcome.macs)
-    model = evaluator.prepare(source.apply(policy.channels))
-    evaluator.recalibrate(model)
+    model = evaluator.ready(evaluator.prepare(source.apply(policy.channels)))
     policy.accuracy.update({"holdout": evaluator.holdout(model).top1, "test": evaluator.test(model).top1})
     run.log(f"target {target:g}: {policy.macs_fraction:.4f} of the MACs, holdout top-1 "
             f"{policy.accuracy['holdout']:.4f} ({elapsed:.1f} s)")
