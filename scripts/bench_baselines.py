@@ -1,6 +1,6 @@
 """The handcrafted methods against the searched agents, on the same protocol.
 
-    python scripts/bench_baselines.py [--methods uniform global-l1 slimming lasso dcp scp dexp] [--epochs 2]
+    python scripts/bench_baselines.py [--methods slimming lasso dcp scp dexp global-l1 ...] [--epochs 2]
 
 Pretrained resnet56 on the ../shared CIFAR-10 data at 0.5 of the MACs. Each
 method is one `autoprune search --agent <method>` command (its preset's CPU
@@ -12,8 +12,10 @@ from the weights it was cut from (the method's saved weights where it trains
 or refits). DExp's policy removes kernels, not channels, and cannot be
 fine-tuned densely: its row's fine-tuned column is its own masked fine-tune.
 
-The searched agents' rows (cacp, tpe, ...) come from bench_search.py's
-`agents` cell and bench_all.py's fine-tunes where they are stored. Results are
+The searched agents' rows (cacp, tpe, ...) and the uniform-L1 reference come
+from bench_search.py's `agents` cell and bench_all.py's fine-tunes (of the same
+``--epochs``) where they are stored; `uniform` runs the reference again only
+when asked for. Results are
 stored in ``--results``/baselines and reused (delete them, or --force).
 """
 
@@ -30,7 +32,9 @@ import bench_search
 
 from autoprune._table import format_table
 
-METHODS = ("uniform", "global-l1", "global-bn-gamma", "global-taylor", "slimming", "lasso", "dcp", "scp", "dexp")
+METHODS = ("slimming", "lasso", "dcp", "scp", "dexp", "global-l1", "global-bn-gamma", "global-taylor", "uniform")
+# by default the ones that differ from the searched agents' uniform-L1 reference, which bench_all.py fine-tunes
+DEFAULT = METHODS[:-1]
 HEADER = ["agent", "MACs kept", "params kept", "holdout %", "test %", "test % fine-tuned", "method min",
           "fine-tune min"]
 
@@ -41,7 +45,7 @@ def _pct(x: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT), choices=METHODS)
     parser.add_argument("--epochs", type=int, default=2, help="fine-tune epochs (default 2)")
     bench_search.add_common_arguments(parser, "bench-results")
     args = parser.parse_args()
@@ -65,13 +69,24 @@ def main() -> None:
                      _pct(tuned["test"]), f"{r['wall'] / 60:.1f}",
                      "-" if tuned["minutes"] is None else f"{tuned['minutes']:.1f}"))
     searched = Path(args.results) / "search"
+
+    def stored_finetune(name: str) -> dict | None:  # bench_all.py's fine-tune of the same budget, if stored
+        path = Path(args.results) / "all" / f"finetune-{name}.json"
+        record = json.loads(path.read_text()) if path.exists() else None
+        return record if record and record["epochs"] == args.epochs else None
+
     for cell in sorted(searched.glob("agent-*.json")):  # the searched agents, where bench_search stored them
         r = json.loads(cell.read_text())
         t = r["targets"]["0.5"]
-        stored = Path(args.results) / "all" / f"finetune-{r['agent']}.json"
-        tuned = json.loads(stored.read_text()) if stored.exists() else None
+        tuned = stored_finetune(r["agent"])
         rows.append((f"{r['agent']} (searched)", f"{t['macs']:.3f}", f"{t['params']:.3f}", _pct(t["holdout"]),
                      _pct(t["test"]), _pct(tuned["test"] if tuned else None), f"{r['wall'] / 60:.1f}",
+                     f"{tuned['minutes']:.1f}" if tuned else "-"))
+    if rows[len(args.methods):]:  # the uniform-L1 reference those searches measured, and its stored fine-tune
+        t = json.loads(next(iter(sorted(searched.glob("agent-*.json")))).read_text())["targets"]["0.5"]
+        tuned = stored_finetune("uniform-L1")
+        rows.append(("uniform-L1 (reference)", f"{t['macs']:.3f}", "-", _pct(t["uniform_holdout"]),
+                     _pct(t["uniform_test"]), _pct(tuned["test"] if tuned else None), "-",
                      f"{tuned['minutes']:.1f}" if tuned else "-"))
     print(f"resnet56 at 0.5 of the MACs; holdout = 5,000 held-out training images, test = the test split, once; "
           f"fine-tuned: {args.epochs} epochs, lr 0.01 cosine, batch 128 (cpu preset) from the method's weights")
