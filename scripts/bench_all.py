@@ -35,6 +35,7 @@ import bench_search
 
 from autoprune._table import format_table
 from autoprune.checkpoints import load_model
+from autoprune.policy import Policy
 from autoprune.prune import prune
 from autoprune.training import make_config, train
 
@@ -84,7 +85,7 @@ def _plot(rows: list[dict], epochs: int, path: Path) -> None:
     ax.set_xlabel("test top-1 %")
     ax.set_title("resnet56 at 0.5 of the MACs, same evaluations per agent")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -115,7 +116,8 @@ def main() -> None:
     reference = next(iter(records.values()))["targets"]["0.5"]
     uniform = _uniform_policy(args, reference, out)
     rows.sort(key=lambda row: -row["holdout"])
-    rows.append({"agent": "uniform-L1", "evaluations": 0, "macs": reference["macs"], "params": None,
+    cut = Policy.load(uniform)
+    rows.append({"agent": "uniform-L1", "evaluations": 0, "macs": cut.macs_fraction, "params": cut.params_fraction,
                  "holdout": reference["uniform_holdout"], "test": reference["uniform_test"], "search": None,
                  "policy": uniform})
     for row in rows[: args.top] + rows[-1:]:  # the best picks by holdout (never by test), and the reference

@@ -31,6 +31,7 @@ import bench_all
 import bench_search
 
 from autoprune._table import format_table
+from autoprune.policy import Policy
 
 METHODS = ("slimming", "lasso", "dcp", "scp", "dexp", "global-l1", "global-bn-gamma", "global-taylor", "uniform")
 # by default the ones that differ from the searched agents' uniform-L1 reference, which bench_all.py fine-tunes
@@ -85,7 +86,9 @@ def main() -> None:
     if rows[len(args.methods):]:  # the uniform-L1 reference those searches measured, and its stored fine-tune
         t = json.loads(next(iter(sorted(searched.glob("agent-*.json")))).read_text())["targets"]["0.5"]
         tuned = stored_finetune("uniform-L1")
-        rows.append(("uniform-L1 (reference)", f"{t['macs']:.3f}", "-", _pct(t["uniform_holdout"]),
+        cut = Policy.load(Path(args.results) / "all" / "uniform-l1-0.5.json")  # bench_all.py saved it
+        rows.append(("uniform-L1 (reference)", f"{cut.macs_fraction:.3f}", f"{cut.params_fraction:.3f}",
+                     _pct(t["uniform_holdout"]),
                      _pct(t["uniform_test"]), _pct(tuned["test"] if tuned else None), "-",
                      f"{tuned['minutes']:.1f}" if tuned else "-"))
     print(f"resnet56 at 0.5 of the MACs; holdout = 5,000 held-out training images, test = the test split, once; "
