@@ -263,6 +263,8 @@ def test_search_with_the_uniform_agent(tiny, tmp_path):
     assert policy.checkpoint == file_sha256(tiny / "r20.th") and policy.macs_fraction <= 0.5
     assert result.uniform[0.5] == (policy.accuracy["holdout"], policy.accuracy["test"])  # it IS uniform-L1
     assert "uniform-L1" in result.table and result.evaluations == 1
+    assert result.notes == [f"fine-tune: autoprune finetune --policy {tmp_path / 'run' / 'policy-0.5.json'} "
+                            f"--data-dir {tiny / 'data'}"]
     assert json.loads((tmp_path / "run" / "result.json").read_text())["evaluations"] == 1
     from autoprune.reports import write_report  # no episodes to plot: the report still holds the table
 
@@ -285,7 +287,8 @@ def fake(context: Context) -> Outcome:
 def test_a_method_stating_its_macs_and_leaving_the_selection(tiny, bundle, tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, "fake", f"{__name__}:fake")
     (tmp_path / "fake.yaml").write_text("algorithm: fake\ncriterion: l2\n")
-    search(search_config(tiny, str(tmp_path / "fake.yaml"), targets=[0.5, 0.6]), tmp_path / "run")
+    result = search(search_config(tiny, str(tmp_path / "fake.yaml"), targets=[0.5, 0.6]), tmp_path / "run")
+    assert all("kernel-sparse" in note and "not with autoprune finetune" in note for note in result.notes)
     policy = Policy.load(tmp_path / "run" / "policy-0.6.json")
     assert policy.macs == policy.provenance["channel_macs"] - 1000 and policy.provenance["info"] == {"rate": 0.25}
     space = bundle[3]

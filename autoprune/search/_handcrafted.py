@@ -61,8 +61,12 @@ def run_handcrafted(config: SearchConfig, preset: Preset, env: PruningEnv, evalu
                      f"{100 * policy.accuracy['holdout']:.2f}", f"{100 * policy.accuracy['test']:.2f}",
                      f"{100 * u_hold:.2f}", f"{100 * u_test:.2f}"))
         weights = policy.provenance.get("weights")
-        notes.append(f"fine-tune: autoprune finetune --policy {path} --data-dir {config.data_dir}"
-                     + (f" --checkpoint {run.path / weights}" if weights else ""))
+        if policy.provenance.get("channel_macs", policy.macs) > policy.macs:  # zeroed kernels: a dense fine-tune regrows them
+            notes.append(f"target {target:g}: kernel-sparse; fine-tuned inside the method with its masks held "
+                         "(raise the preset's `epochs`), not with autoprune finetune")
+        else:
+            notes.append(f"fine-tune: autoprune finetune --policy {path} --data-dir {config.data_dir}"
+                         + (f" --checkpoint {run.path / weights}" if weights else ""))
     main = float(config.targets[0]) if config.targets else env.config.targets[0]
     policies[main].save(run.path / "policy.json")  # the first target asked for
     table = format_table(TABLE_HEADER, rows)
