@@ -263,9 +263,9 @@ class PruningEnv(gym.Env):
         return acc, False
 
     def judged(self, counts: Sequence[int]) -> Any:
-        """The model pruned to ``counts``, ready to be judged (BN recalibrated and folded); not cached.
+        """The model pruned to ``counts``, ready to be judged (BN recalibrated); not cached.
 
-        Its time goes into ``timings``: "apply" (cut the model), "recalibrate" (adaptive BN and folding).
+        Its time goes into ``timings``: "apply" (cut the model), "recalibrate" (adaptive BN).
         """
         start = time.perf_counter()
         model = self.evaluator.prepare(self.space.apply(self.space.select(counts, self._scores)))

@@ -5,8 +5,7 @@ is judged after *adaptive BN*: running statistics re-estimated on a few
 training batches (a cumulative average, in train mode, without gradients).
 Accuracy is then measured on the holdout split (a fixed part of the training
 set never used for fine-tuning) inside searches, and on the test split once,
-at the end. Before it is judged, each BatchNorm that follows a conv is folded
-into that conv (:func:`fold_bn`): the same function up to rounding, faster.
+at the end.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from ._device import resolve_device
 from .data import Dataset, DeviceLoader, Splits, load_dataset, make_splits
 from .errors import AutopruneError
 
-__all__ = ["Accuracy", "evaluate", "fold_bn", "recalibrate_bn", "Evaluator"]
+__all__ = ["Accuracy", "evaluate", "recalibrate_bn", "Evaluator"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -89,29 +88,6 @@ def recalibrate_bn(model: nn.Module, batches: Batches) -> int:
             m.train(training)
         model.eval()
     return used
-
-
-def fold_bn(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode with every BatchNorm that directly follows a conv folded into it.
-
-    Eval-mode BN is a per-channel affine map, so folding it into the conv's weight and bias changes
-    only rounding and saves a pass over every activation: recalibrating and judging a pruned
-    resnet56 on CPU got faster by the factor scripts/bench_engine.py prints (folded-BN row). Uses
-    FX's conv-BN fusion. A model FX cannot trace, or one carrying forward hooks (a traced copy
-    would drop them, and with them masks such as :meth:`PrunableSpace.masked`'s), comes back as it is.
-    """
-    from torch.fx.experimental.optimization import fuse
-
-    model.eval()
-    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
-        return model
-    try:
-        folded = fuse(model)
-    except Exception:  # noqa: BLE001 - untraceable (data-dependent control flow, ...): judge it unfolded
-        return model
-    channels_last = any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
-                        for p in model.parameters())
-    return folded.to(memory_format=torch.channels_last) if channels_last else folded
 
 
 class Evaluator:
@@ -184,10 +160,10 @@ class Evaluator:
 
     def ready(self, model: nn.Module) -> nn.Module:
         """``model`` as it is judged: adaptive BN on the configured training batches (none when
-        ``recal_batches`` is 0), then BN folded into the convs (a copy; ``model`` keeps its BNs)."""
+        ``recal_batches`` is 0). Returns it, so callers read as one step from cut to judged."""
         if self.recal_batches > 0:
             recalibrate_bn(model, self.recal_loader)
-        return fold_bn(model)
+        return model
 
     def holdout(self, model: nn.Module, part: str = "all", progress: str | None = None) -> Accuracy:
         """Accuracy on the holdout split, or on its "reward" / "select" part."""

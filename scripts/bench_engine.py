@@ -8,8 +8,7 @@ for every policy, which is what the cache avoids), cached dataset load
 (goal < 1 s), evaluator throughput against a bare ``model(x)`` loop on the
 same pruned model and batches (goal >= 95 %), and the search's recalibrate +
 evaluate step in channels-last against contiguous layout (the Evaluator uses
-channels-last on every device because it is faster), and with BN folded into
-the convs after recalibration against unfolded (the Evaluator folds). Alternatives are interleaved in
+channels-last on every device because it is faster). Alternatives are interleaved in
 one process and medians reported, because timings on shared machines swing.
 """
 
@@ -28,7 +27,7 @@ import torch_pruning as tp
 from autoprune._device import resolve_device
 from autoprune._table import format_table
 from autoprune.data import DeviceLoader, load_dataset, make_splits
-from autoprune.evaluate import evaluate, fold_bn, recalibrate_bn
+from autoprune.evaluate import evaluate, recalibrate_bn
 from autoprune.models import create, get_model_info
 from autoprune.pruning import PrunableSpace
 from autoprune.pruning._shortcut_pruner import CUSTOM_PRUNERS
@@ -118,15 +117,6 @@ def main() -> None:
     layout_ratio = statistics.median(a / b for a, b in zip(protocol[torch.contiguous_format],
                                                            protocol[torch.channels_last]))
 
-    # the same step with BN folded into the convs after recalibration (Evaluator.ready) against unfolded
-    m, (recal, holdout) = layouts[torch.channels_last]
-    folding = {False: [], True: []}
-    for _ in range(args.rounds):
-        for fold in folding:
-            folding[fold].append(timed(lambda fold=fold: (recalibrate_bn(m, recal),
-                                                          evaluate(fold_bn(m) if fold else m, holdout))))
-    fold_ratio = statistics.median(a / b for a, b in zip(folding[False], folding[True]))
-
     med = statistics.median
     rows = [
         ("cost-model query (MACs+params)", f"{med(query) * 1e6:.1f} us", "< 50 us", med(query) < 50e-6),
@@ -138,8 +128,6 @@ def main() -> None:
          ">= 95%", ratio >= 0.95),
         ("recalibrate + evaluate, channels-last speed-up", f"x{layout_ratio:.2f} ({med(protocol[torch.channels_last]):.2f} s "
          f"vs {med(protocol[torch.contiguous_format]):.2f} s contiguous)", "> 1 (the Evaluator's layout)", layout_ratio > 1),
-        ("  then BN folded into the convs, speed-up", f"x{fold_ratio:.2f} ({med(folding[True]):.2f} s vs "
-         f"{med(folding[False]):.2f} s unfolded)", "> 1 (Evaluator.ready folds)", fold_ratio > 1),
     ]
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {args.rounds} rounds")
     print(format_table(["measure", "value", "goal", "met"], [(a, b, c, {True: "yes", False: "NO", "": ""}[d]) for a, b, c, d in rows]))

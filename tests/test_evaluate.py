@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.evaluate import Evaluator, evaluate, fold_bn, recalibrate_bn
+from autoprune.evaluate import Evaluator, evaluate, recalibrate_bn
 
 from conftest import CIFAR_DIR, PRETRAINED_DIR, require
 
@@ -46,36 +46,6 @@ def test_recalibration_is_a_cumulative_average_and_restores_state():
     assert torch.allclose(model[1].running_mean, mean, atol=1e-5)
     assert torch.allclose(model[1].running_var, var, atol=1e-4)
     assert model[1].momentum == 0.3 and not model.training
-
-
-class Branchy(nn.Module):
-    """Control flow on a tensor's value: FX cannot trace it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x)) if x.sum() > 0 else x
-
-
-def test_folding_bn_keeps_the_outputs_and_leaves_hooked_or_untraceable_models_alone():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1),
-                          nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
-    for bn in (model[1], model[4]):
-        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
-    x = torch.randn(5, 3, 8, 8)
-    folded = fold_bn(model)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 2  # a copy: the original keeps them
-    with torch.no_grad():
-        assert torch.allclose(folded(x), model(x), atol=1e-5)
-    handle = model[3].register_forward_pre_hook(lambda m, args: (args[0] * 0,))  # a mask FX would drop
-    assert fold_bn(model) is model
-    handle.remove()
-    branchy = Branchy()
-    assert fold_bn(branchy) is branchy
 
 
 @pytest.mark.slow
