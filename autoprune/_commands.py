@@ -90,10 +90,10 @@ def run_eval(args: argparse.Namespace) -> int:
         raise AutopruneError(f"The model has {expected} outputs but {dataset.name} has {dataset.num_classes} classes.")
     model = evaluator.prepare(model)
     rows = []
-    stages = [("no", None)] + ([(f"{args.recal_batches} batches", evaluator.recalibrate)] if args.recal_batches else [])
+    stages = [("no", None)] + ([(f"{args.recal_batches} batches", evaluator.ready)] if args.recal_batches else [])
     for label, step in stages:
         if step is not None:
-            step(model)
+            model = step(model)
         h, t = evaluator.holdout(model, progress="holdout"), evaluator.test(model, progress="test")
         rows.append((label, f"{100 * h.top1:.2f}", f"{100 * h.top5:.2f}", f"{100 * t.top1:.2f}", f"{100 * t.top5:.2f}"))
     what = f"{arch} pruned to {policy.macs_fraction:.1%} MACs" if policy else arch
