@@ -75,6 +75,13 @@ class Policy:
         return self.params / self.base_params
 
     # -- JSON ---------------------------------------------------------------
+    @property
+    def kernel_sparse(self) -> bool:
+        """Whether it states fewer MACs than its channels cost (zeroed kernels, ``provenance["channel_macs"]``):
+        a dense fine-tune would grow those kernels back."""
+        channel_macs = self.provenance.get("channel_macs")
+        return channel_macs is not None and self.macs < channel_macs
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

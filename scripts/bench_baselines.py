@@ -69,28 +69,27 @@ def main() -> None:
         rows.append((method, f"{t['macs']:.3f}", f"{t['params']:.3f}", _pct(t["holdout"]), _pct(t["test"]),
                      _pct(tuned["test"]), f"{r['wall'] / 60:.1f}",
                      "-" if tuned["minutes"] is None else f"{tuned['minutes']:.1f}"))
-    searched = Path(args.results) / "search"
+    cells = [json.loads(c.read_text()) for c in sorted((Path(args.results) / "search").glob("agent-*.json"))]
 
     def stored_finetune(name: str) -> dict | None:  # bench_all.py's fine-tune of the same budget, if stored
         path = Path(args.results) / "all" / f"finetune-{name}.json"
         record = json.loads(path.read_text()) if path.exists() else None
         return record if record and record["epochs"] == args.epochs else None
 
-    for cell in sorted(searched.glob("agent-*.json")):  # the searched agents, where bench_search stored them
-        r = json.loads(cell.read_text())
+    def row(name: str, macs: str, params: str, t: dict, tuned: dict | None, search_min: str) -> tuple:
+        return (name, macs, params, _pct(t["holdout"]), _pct(t["test"]), _pct(tuned["test"] if tuned else None),
+                search_min, f"{tuned['minutes']:.1f}" if tuned else "-")
+
+    for r in cells:  # the searched agents, where bench_search stored them
         t = r["targets"]["0.5"]
-        tuned = stored_finetune(r["agent"])
-        rows.append((f"{r['agent']} (searched)", f"{t['macs']:.3f}", f"{t['params']:.3f}", _pct(t["holdout"]),
-                     _pct(t["test"]), _pct(tuned["test"] if tuned else None), f"{r['wall'] / 60:.1f}",
-                     f"{tuned['minutes']:.1f}" if tuned else "-"))
-    if rows[len(args.methods):]:  # the uniform-L1 reference those searches measured, and its stored fine-tune
-        t = json.loads(next(iter(sorted(searched.glob("agent-*.json")))).read_text())["targets"]["0.5"]
-        tuned = stored_finetune("uniform-L1")
-        cut = Policy.load(Path(args.results) / "all" / "uniform-l1-0.5.json")  # bench_all.py saved it
-        rows.append(("uniform-L1 (reference)", f"{cut.macs_fraction:.3f}", f"{cut.params_fraction:.3f}",
-                     _pct(t["uniform_holdout"]),
-                     _pct(t["uniform_test"]), _pct(tuned["test"] if tuned else None), "-",
-                     f"{tuned['minutes']:.1f}" if tuned else "-"))
+        rows.append(row(f"{r['agent']} (searched)", f"{t['macs']:.3f}", f"{t['params']:.3f}", t,
+                        stored_finetune(r["agent"]), f"{r['wall'] / 60:.1f}"))
+    uniform = Path(args.results) / "all" / "uniform-l1-0.5.json"  # bench_all.py saves it
+    if cells and uniform.exists():  # the uniform-L1 reference those searches measured, and its stored fine-tune
+        t, cut = cells[0]["targets"]["0.5"], Policy.load(uniform)
+        rows.append(row("uniform-L1 (reference)", f"{cut.macs_fraction:.3f}", f"{cut.params_fraction:.3f}",
+                        {"holdout": t["uniform_holdout"], "test": t["uniform_test"]}, stored_finetune("uniform-L1"),
+                        "-"))
     print(f"resnet56 at 0.5 of the MACs; holdout = 5,000 held-out training images, test = the test split, once; "
           f"fine-tuned: {args.epochs} epochs, lr 0.01 cosine, batch 128 (cpu preset) from the method's weights")
     table = format_table(HEADER, rows)

@@ -61,7 +61,7 @@ def run_handcrafted(config: SearchConfig, preset: Preset, env: PruningEnv, evalu
                      f"{100 * policy.accuracy['holdout']:.2f}", f"{100 * policy.accuracy['test']:.2f}",
                      f"{100 * u_hold:.2f}", f"{100 * u_test:.2f}"))
         weights = policy.provenance.get("weights")
-        if policy.provenance.get("channel_macs", policy.macs) > policy.macs:  # zeroed kernels: a dense fine-tune regrows them
+        if policy.kernel_sparse:
             notes.append(f"target {target:g}: kernel-sparse; fine-tuned inside the method with its masks held "
                          "(raise the preset's `epochs`), not with autoprune finetune")
         else:

@@ -88,9 +88,9 @@ def _refuse_kernel_sparse(policy: Policy, source: str | None, mode: str) -> None
     as ``provenance["channel_macs"]``; the pruned model trained here is dense,
     so the kernels would grow back and the stated MACs would no longer hold.
     """
-    channel_macs = policy.provenance.get("channel_macs")
-    if channel_macs is None or policy.macs >= channel_macs:
+    if not policy.kernel_sparse:
         return
+    channel_macs = policy.provenance["channel_macs"]
     method = policy.provenance.get("method", "its method")
     raise AutopruneError(
         f"Policy {source} states {policy.macs} MACs by zeroing kernels ({method}), below the {channel_macs} its "
