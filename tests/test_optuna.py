@@ -145,3 +145,24 @@ def test_command_line_optuna_errors(tiny, tmp_path, capsys):
     assert main(["search", "--agent", "tpe", "--storage", "mysql://u:p@127.0.0.1:9/db", "--out", str(tmp_path / "c"),
                  *common]) == 2
     assert "cannot be reached" in capsys.readouterr().err
+
+
+def test_a_kill_during_the_warm_start_trial_resumes_as_an_uninterrupted_study(tiny, tmp_path):
+    """kill -9 while the enqueued uniform policy is played: --resume plays it again first, so nothing is lost."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    search(search_config(tiny, "tpe", episodes=4), tmp_path / "straight")
+    tests = Path(__file__).resolve().parent
+    script = (f"import os, signal, sys; sys.path.insert(0, {str(tests)!r})\n"
+              "from pathlib import Path\nfrom conftest import search_config\n"
+              "import autoprune.search._optuna as optuna_side\n"
+              "optuna_side.play = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "from autoprune.search import search\n"
+              f"search(search_config(Path({str(tiny)!r}), 'tpe', episodes=4), Path({str(tmp_path / 'resumed')!r}))\n")
+    killed = subprocess.run([sys.executable, "-c", script], cwd=tests.parent, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    assert not episode_rows(tmp_path / "resumed")
+    search(search_config(tiny, "tpe", episodes=4), tmp_path / "resumed", resume=True)
+    assert episode_rows(tmp_path / "straight") == episode_rows(tmp_path / "resumed")

@@ -29,7 +29,7 @@ def test_search_writes_a_complete_run(tiny, tmp_path, agent):
 def test_the_picks_holdout_is_its_reward_and_select_parts_added_up(tiny, tmp_path):
     """The pick's whole-holdout accuracy is summed from the parts the search measured: the same as judging it afresh."""
     from autoprune.policy import Policy
-    from autoprune.search._search import setup
+    from autoprune.search import setup
 
     cfg = config(tiny, "ddpg")
     search(cfg, tmp_path / "run")

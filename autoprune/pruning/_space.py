@@ -69,6 +69,10 @@ class PrunableSpace:
         """Names of the searchable groups, in forward order."""
         return [g.name for g in self.searchable]
 
+    @property
+    def channels(self) -> np.ndarray:  # TEMP until wt-engine lands
+        return np.array([g.channels for g in self.searchable])
+
     def _selected(self, group: Group) -> bool:
         if self.spec.name == AUTO_SPACE and any(
             m.module == self.info.first_conv for m in group.producers()

@@ -1,14 +1,17 @@
-"""Search agents on the pruning environment, their presets, and the `autoprune search` run."""
+"""Search agents on the pruning environment, their presets, and the `autoprune search` run.
 
-from ._preset import ALGORITHMS, Preset, list_presets, load_preset
-from ._search import (
-           SearchConfig,
-           SearchResult,
-           export_policy,
-           resume_config,
-           search,
-           setup,
-)
+Every agent kind (RL, Optuna, handcrafted) implements :class:`Searcher`; the
+registry (:data:`ALGORITHMS`, :func:`get_algorithm`) says which kind plays an
+algorithm; :func:`search` orchestrates a run.
+"""
 
-__all__ = ["ALGORITHMS", "Preset", "SearchConfig", "SearchResult", "list_presets", "load_preset", "search", "export_policy", "resume_config",
-           "setup"]
+from ._config import SearchConfig, SearchResult
+from ._preset import Preset, list_presets, load_preset
+from ._registry import ALGORITHMS, Algorithm, Kind, get_algorithm
+from ._search import export_policy, resume_config, search, searcher_for
+from ._searcher import Proposals, Searcher
+from ._session import setup
+
+__all__ = ["ALGORITHMS", "Algorithm", "Kind", "Preset", "Proposals", "SearchConfig", "SearchResult", "Searcher",
+           "export_policy", "get_algorithm", "list_presets", "load_preset", "resume_config", "search",
+           "searcher_for", "setup"]

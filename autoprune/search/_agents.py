@@ -7,21 +7,19 @@ from typing import Any
 
 from ..env import PruningEnv
 from ._preset import Preset
+from ._registry import load_entry_point
 
 __all__ = ["build_agent", "load_agent", "episodes_per_learn", "total_episodes"]
 
 
 def _classes(algorithm: str) -> Any:
-    if algorithm == "ddpg":
-        from ._amc_ddpg import AMCDDPG
-        return AMCDDPG
-    import stable_baselines3
-    return {"td3": stable_baselines3.TD3, "sac": stable_baselines3.SAC, "ppo": stable_baselines3.PPO}[algorithm]
+    from ._registry import get_algorithm
+    return load_entry_point(get_algorithm(algorithm).entry_point)
 
 
 def episodes_per_learn(preset: Preset) -> int:
     """Episodes between checkpoints: PPO must stop on a rollout boundary, so it uses its rollout length."""
-    if preset.algorithm == "ppo":
+    if preset.spec.family == "on-policy":
         return min(int(preset.hyperparameters.get("episodes_per_update", 10)), preset.total_episodes)
     return preset.checkpoint_every
 
@@ -29,7 +27,7 @@ def episodes_per_learn(preset: Preset) -> int:
 def total_episodes(preset: Preset) -> int:
     """Episodes a run makes: PPO rounds up to whole rollouts, others run exactly the preset's."""
     chunk = episodes_per_learn(preset)
-    return -(-preset.total_episodes // chunk) * chunk if preset.algorithm == "ppo" else preset.total_episodes
+    return -(-preset.total_episodes // chunk) * chunk if preset.spec.family == "on-policy" else preset.total_episodes
 
 
 def build_agent(preset: Preset, env: PruningEnv, seed: int) -> Any:
@@ -38,9 +36,9 @@ def build_agent(preset: Preset, env: PruningEnv, seed: int) -> Any:
     hp = dict(preset.hyperparameters)
     common: dict[str, Any] = dict(seed=seed, device="cpu", verbose=0)
     steps = env.n
-    if preset.algorithm == "ddpg":
+    if preset.spec.family == "amc":
         return cls("MlpPolicy", env, warmup_episodes=preset.warmup_episodes, episode_length=steps, **common, **hp)
-    if preset.algorithm == "ppo":
+    if preset.spec.family == "on-policy":
         n_steps = episodes_per_learn(preset) * steps
         hp.pop("episodes_per_update", None)
         # the largest divisor of the rollout up to 64: no ragged last minibatch

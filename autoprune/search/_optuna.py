@@ -26,7 +26,8 @@ import numpy as np
 
 from ..env import PruningEnv
 from ..errors import AutopruneError
-from ._preset import OPTUNA_ALGORITHMS, Preset
+from ._preset import Preset
+from ._registry import ALGORITHMS, OPTUNA, load_entry_point
 
 __all__ = ["make_sampler", "open_storage", "open_study", "play", "objective",
            "finished_trials", "trial_seed", "distributions"]
@@ -34,33 +35,32 @@ __all__ = ["make_sampler", "open_storage", "open_study", "play", "objective",
 IDENTITY = ("arch", "space", "dataset", "checkpoint", "criterion", "reward", "targets")
 
 
+# each sampler's settings beyond the seed: warm-up episodes become its random start-up trials
+_SAMPLER_SETTINGS: dict[str, Callable[[Preset], dict[str, Any]]] = {
+    "tpe": lambda p: {"n_startup_trials": p.warmup_episodes},
+    "cmaes": lambda p: {"n_startup_trials": max(p.warmup_episodes, 1), "warn_independent_sampling": False},
+    "qmc": lambda p: {"scramble": True, "warn_independent_sampling": False},
+}
+
+
 def make_sampler(preset: Preset, seed: int) -> Any:
-    """The preset's Optuna sampler; ``warmup_episodes`` become its random start-up trials."""
+    """The preset's Optuna sampler (its class from the registry); its hyperparameters override the defaults."""
     import warnings
 
-    import optuna.samplers as s
     from optuna.exceptions import ExperimentalWarning
 
     warnings.filterwarnings("ignore", category=ExperimentalWarning)  # multivariate TPE, QMC: stable in use
-    hp = dict(preset.hyperparameters)
-    algorithm = preset.algorithm
-    if algorithm == "tpe":
-        return s.TPESampler(n_startup_trials=preset.warmup_episodes, seed=seed, **hp)
-    if algorithm == "cmaes":
-        return s.CmaEsSampler(n_startup_trials=max(preset.warmup_episodes, 1), seed=seed,
-                              warn_independent_sampling=False, **hp)
-    if algorithm == "random":
-        return s.RandomSampler(seed=seed, **hp)
-    if algorithm == "qmc":
-        return s.QMCSampler(seed=seed, **{"scramble": True, "warn_independent_sampling": False, **hp})
-    if algorithm == "nsga2":
-        return s.NSGAIISampler(seed=seed, **hp)
-    raise AutopruneError(f"{algorithm!r} is not an Optuna agent; those are {', '.join(OPTUNA_ALGORITHMS)}.")
+    spec = preset.spec
+    if spec.kind is not OPTUNA:
+        raise AutopruneError(f"{preset.algorithm!r} is not an Optuna agent; those are "
+                             f"{', '.join(a.name for a in ALGORITHMS.values() if a.kind is OPTUNA)}.")
+    settings = _SAMPLER_SETTINGS.get(preset.algorithm, lambda p: {})(preset)
+    return load_entry_point(spec.entry_point)(seed=seed, **{**settings, **preset.hyperparameters})
 
 
 def trial_seed(preset: Preset, seed: int, finished: int) -> int:
     """The sampler seed of the trial after ``finished`` ones (QMC: always ``seed``)."""
-    if preset.algorithm == "qmc":
+    if preset.spec.one_seed:
         return seed
     return int(np.random.SeedSequence([seed, finished]).generate_state(1)[0])
 
@@ -105,7 +105,7 @@ def open_study(storage: Any, name: str, preset: Preset, identity: dict[str, Any]
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would break the progress bar
-    directions = ["maximize", "minimize"] if preset.algorithm == "nsga2" else ["maximize"]
+    directions = ["maximize", "minimize"] if preset.spec.one_study else ["maximize"]
     try:
         study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True,
                                     sampler=sampler, pruner=pruner)
@@ -135,7 +135,7 @@ def distributions(env: PruningEnv, preset: Preset) -> dict[str, Any]:
 
     lo, hi = float(env.action_space.low[0]), float(env.action_space.high[0])
     space = {f"g{j:03d}": FloatDistribution(lo, hi) for j in range(env.n)}
-    if preset.algorithm == "nsga2":
+    if preset.spec.one_study:
         space = {"target": FloatDistribution(min(preset.targets), max(preset.targets)), **space}
     return space
 
@@ -177,7 +177,7 @@ def objective(env: PruningEnv, preset: Preset, target: float | None, on_episode:
                            ("params_fraction", policy.params_fraction), ("cached", bool(info["cached"]))):
             trial.set_user_attr(key, value)
         on_episode(info, reward)
-        if preset.algorithm == "nsga2":
+        if preset.spec.one_study:
             return float(info["accuracy"]), policy.macs_fraction
         return reward
 

@@ -15,15 +15,10 @@ from typing import Any
 import yaml
 
 from .._resources import resource_dir
-from ..baselines import METHODS
 from ..errors import AutopruneError, unknown_name
+from ._registry import HANDCRAFTED, OPTUNA, Algorithm, get_algorithm
 
-__all__ = ["ALGORITHMS", "HANDCRAFTED", "OPTUNA_ALGORITHMS", "RL_ALGORITHMS", "Preset", "list_presets", "load_preset"]
-
-RL_ALGORITHMS = ("ddpg", "td3", "sac", "ppo")
-OPTUNA_ALGORITHMS = ("tpe", "cmaes", "random", "qmc", "nsga2")
-HANDCRAFTED = tuple(METHODS)  # the methods of autoprune.baselines: run once per target, no search
-ALGORITHMS = RL_ALGORITHMS + OPTUNA_ALGORITHMS + HANDCRAFTED
+__all__ = ["Preset", "list_presets", "load_preset"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +27,8 @@ class Preset:
 
     Attributes:
         name: the preset's name (file stem).
-        algorithm: one of :data:`ALGORITHMS` (or a method registered in ``autoprune.baselines``).
+        algorithm: a name of :data:`~autoprune.search.ALGORITHMS` or a method registered in
+            ``autoprune.baselines``.
         targets: MACs fractions; several make an RL agent conditional (CACP), run one Optuna
             study per target, span the range of NSGA-II's budgets, or run a handcrafted method
             once per target.
@@ -62,27 +58,30 @@ class Preset:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.algorithm not in ALGORITHMS and self.algorithm not in METHODS:
-            raise unknown_name("algorithm", self.algorithm, ALGORITHMS)
-        if self.algorithm == "nsga2" and len(self.targets) < 2:
-            raise AutopruneError(f"Preset {self.name!r}: nsga2 searches a range of budgets; give at least two "
+        if self.spec.one_study and len(self.targets) < 2:
+            raise AutopruneError(f"Preset {self.name!r}: {self.algorithm} searches a range of budgets; give at least two "
                                  f"targets (their min and max bound it), but got {list(self.targets)}.")
         for key, low in (("episodes", 1), ("warmup_episodes", 0), ("checkpoint_every", 1)):
             if getattr(self, key) < low:
                 raise AutopruneError(f"Preset {self.name!r}: {key} must be at least {low}, but got {getattr(self, key)}.")
 
     @property
+    def spec(self) -> Algorithm:
+        """What the registry knows of the algorithm: its kind, entry point and flags."""
+        return get_algorithm(self.algorithm)
+
+    @property
     def optuna(self) -> bool:
-        return self.algorithm in OPTUNA_ALGORITHMS
+        return self.spec.kind is OPTUNA
 
     @property
     def handcrafted(self) -> bool:
         """A method of :mod:`autoprune.baselines`: one answer per target instead of a search."""
-        return self.algorithm in METHODS
+        return self.spec.kind is HANDCRAFTED
 
     @property
     def total_episodes(self) -> int:
-        return self.episodes if self.algorithm == "nsga2" else self.episodes * len(self.targets)
+        return self.episodes if self.spec.one_study else self.episodes * len(self.targets)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

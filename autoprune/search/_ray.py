@@ -15,8 +15,10 @@ from typing import Any
 
 from ..env import PruningEnv
 from ..tune import RayOptions, connect
+from ._config import SearchConfig
 from ._optuna import distributions, finished_trials, make_sampler, play
 from ._preset import Preset
+from ._session import setup
 from ._tracker import Tracker
 
 __all__ = ["run_ray"]
@@ -27,8 +29,6 @@ _ENVS: dict[str, PruningEnv] = {}  # per Ray worker process: the env of the sear
 def _episode(params: dict[str, float], search: dict[str, Any], target: float | None) -> None:
     from optuna.trial import FixedTrial
     from ray import tune
-
-    from ._search import SearchConfig, setup
 
     key = json.dumps(search, sort_keys=True)
     if key not in _ENVS:
@@ -41,7 +41,7 @@ def _episode(params: dict[str, float], search: dict[str, Any], target: float | N
                  "counts": " ".join(str(int(c)) for c in info["counts"]), "cached": bool(info["cached"])})
 
 
-def run_ray(config: Any, preset: Preset, env: PruningEnv, study: Any, storage: Any, name: str, target: float | None,
+def run_ray(config: SearchConfig, preset: Preset, env: PruningEnv, study: Any, storage: Any, name: str, target: float | None,
             n_trials: int, tracker: Tracker) -> None:
     """Run study ``name`` to ``n_trials`` finished trials as Ray Tune trials, ``config.workers`` at a time."""
     from ray import tune
@@ -50,7 +50,7 @@ def run_ray(config: Any, preset: Preset, env: PruningEnv, study: Any, storage: A
     if remaining <= 0:
         return
     connect(RayOptions(address=config.ray_address, verbose=0))  # joins a cluster, or starts a local Ray
-    multi = preset.algorithm == "nsga2"
+    multi = preset.spec.one_study
     searcher = _searcher(space=distributions(env, preset), metric=["accuracy", "macs_fraction"] if multi else "reward",
                             mode=["max", "min"] if multi else "max", sampler=make_sampler(preset, config.seed),
                             storage=storage, study_name=name)

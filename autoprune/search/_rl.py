@@ -1,21 +1,53 @@
-"""The RL side of a search: train a stable-baselines3 agent in chunks, checkpointing after each.
+"""The RL searcher: train a stable-baselines3 agent in chunks, checkpointing after each.
 
 After each chunk the run directory gets a complete checkpoint (agent, replay
 buffer, environment cache, RNG states), so Ctrl-C loses at most the current
-chunk and ``--resume`` continues as if nothing had happened.
+chunk and ``--resume`` continues as if nothing had happened. A trained agent
+also answers for targets it was not asked (a conditional agent across its range).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ..env import PruningEnv
+from ..errors import AutopruneError
 from ._agents import build_agent, episodes_per_learn, load_agent, total_episodes
 from ._preset import Preset
 from ._run_dir import RunDir
+from ._searcher import Proposals, Searcher, add_candidate
 from ._tracker import Tracker
 
-__all__ = ["run_rl", "rollout"]
+__all__ = ["RLSearcher", "run_rl", "rollout"]
+
+
+class RLSearcher(Searcher):
+    """An RL agent (AMC's DDPG, CACP, TD3, SAC, PPO): its episodes' policies, then its own answer per target."""
+
+    def search(self, env: PruningEnv, run: RunDir, resume: bool) -> Proposals:
+        tracker = Tracker(run, env.space.channels)
+        started = time.perf_counter()
+        try:
+            agent = run_rl(self.preset, env, run, tracker, self.config.seed, resume)
+        finally:
+            tracker.close()
+        proposals = Proposals.played(env, tracker.candidates, started)
+        for target in env.config.targets:  # what the trained actor proposes (CACP's export)
+            reward, counts = rollout(agent, env, target)
+            add_candidate(proposals.pools, target, reward, counts)
+        return proposals
+
+    def export(self, env: PruningEnv, run: RunDir, target: float) -> list[int]:
+        low, high = min(self.preset.targets), max(self.preset.targets)
+        if not low <= target <= high:
+            raise AutopruneError(f"The agent of {run.path} was trained on targets {list(self.preset.targets)}; "
+                                 f"{target} is outside [{low}, {high}], where its answers are extrapolations. "
+                                 "Search again with that target.")
+        checkpoint = run.latest_checkpoint()
+        if checkpoint is None:
+            raise AutopruneError(f"{run.path} has no checkpoint yet: nothing trained to export from.")
+        return rollout(load_agent(self.preset, env, checkpoint[0]), env, target)[1]
 
 
 def _callback(tracker: Tracker) -> Any:

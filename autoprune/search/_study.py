@@ -1,4 +1,4 @@
-"""The Optuna side of a search: one study per target (NSGA-II: one over the range), run serially,
+"""The Optuna searcher: one study per target (NSGA-II: one over the range), run serially,
 by ``workers`` processes sharing the study's storage, or through Ray Tune.
 
 The study is the source of truth: episodes.csv is rewritten from it when a run
@@ -24,6 +24,7 @@ from ..env import PruningEnv
 from ..errors import AutopruneError
 from ..policy import Policy
 from ..pruning import uniform_counts
+from ._config import SearchConfig
 from ._optuna import (
     finished_trials,
     make_sampler,
@@ -34,14 +35,36 @@ from ._optuna import (
 )
 from ._preset import Preset
 from ._run_dir import RunDir
+from ._searcher import Candidate, Proposals, Searcher, add_candidate
+from ._session import setup
 from ._tracker import Tracker, episode_row
 
-__all__ = ["run_optuna", "studies", "export_front"]
+__all__ = ["OptunaSearcher", "run_optuna", "studies", "export_front"]
+
+
+class OptunaSearcher(Searcher):
+    """An Optuna sampler (TPE, CMA-ES, random, QMC, NSGA-II): every trial one episode of the environment."""
+
+    def search(self, env: PruningEnv, run: RunDir, resume: bool) -> Proposals:
+        preset = self.preset
+        identity = {"arch": self.config.arch, "space": env.space.name, "dataset": env.evaluator.dataset.name,
+                    "checkpoint": env.checkpoint, "criterion": preset.criterion, "reward": preset.reward}
+        tracker = Tracker(run, env.space.channels)
+        started = time.perf_counter()
+        try:
+            pools = run_optuna(self.config, preset, env, run, tracker, identity, resume)
+        finally:
+            tracker.close()
+        return Proposals.played(env, pools, started)
+
+    def export(self, env: PruningEnv, run: RunDir, target: float) -> list[int]:
+        raise AutopruneError(f"{run.path} is an Optuna run ({self.preset.algorithm}): it has no agent that answers "
+                             "for new targets; its policies are the policy-<target>.json files (NSGA-II: front/).")
 
 
 def studies(preset: Preset, base_name: str) -> list[tuple[float | None, str]]:
     """(target, study name) pairs: NSGA-II's target is a parameter of its one study."""
-    if preset.algorithm == "nsga2":
+    if preset.spec.one_study:
         return [(None, base_name)]
     return [(t, f"{base_name}-t{t:g}") for t in preset.targets]
 
@@ -49,7 +72,7 @@ def studies(preset: Preset, base_name: str) -> list[tuple[float | None, str]]:
 def _pruner(preset: Preset) -> Any:
     import optuna
 
-    if not preset.multi_fidelity or preset.algorithm == "nsga2":
+    if not preset.multi_fidelity or preset.spec.one_study:
         return optuna.pruners.NopPruner()
     return optuna.pruners.MedianPruner(n_startup_trials=max(preset.warmup_episodes, 1), n_warmup_steps=0)
 
@@ -57,7 +80,7 @@ def _pruner(preset: Preset) -> Any:
 def _warm_start(study: Any, env: PruningEnv, target: float | None, preset: Preset, policies: list[Policy]) -> None:
     """First trials: the uniform policy (each target of the range, for NSGA-II), then earlier runs' policies."""
     space = env.space
-    channels = np.array([g.channels for g in space.searchable])
+    channels = space.channels
 
     def params(ratios: np.ndarray, t: float) -> dict[str, float]:
         lo, hi = env.action_space.low[0], env.action_space.high[0]
@@ -78,12 +101,30 @@ def _earlier(path: str, env: PruningEnv) -> Policy:
     return policy
 
 
-def _fail_running(study: Any, storage: Any) -> None:
-    """Trials left RUNNING by an interrupted run of this directory: nobody will finish them."""
+def _requeue_unfinished(study: Any, storage: Any) -> None:
+    """Fail the trials an interrupted run of this directory left RUNNING (nobody will finish them); if one of
+    them was enqueued (the warm start), queue the warm start's unfinished trials again in their first order.
+
+    A kill during the uniform policy's trial would otherwise lose the warm start for good: the study is
+    no longer empty, so it is not enqueued again, and the resumed run would differ from an uninterrupted
+    one. Nothing is re-queued when nothing was lost, so trial numbers stay those of an uninterrupted run.
+    """
     from optuna.trial import TrialState
 
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # no public id on FrozenTrial
+    trials = study.get_trials(deepcopy=False)
+    done = [t.system_attrs.get("fixed_params") for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    waiting = [t.system_attrs.get("fixed_params") for t in trials if t.state == TrialState.WAITING]
+    pending: list[dict[str, float]] = []
+    for trial in trials:  # in trial-number order
+        params = trial.system_attrs.get("fixed_params")
+        if params is not None and params not in done and params not in pending:
+            pending.append(params)
+    lost = [p for p in pending if p not in waiting]
+    for trial in trials:  # no public id on FrozenTrial
+        if trial.state == TrialState.RUNNING or (lost and trial.state == TrialState.WAITING):
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    for params in pending if lost else ():
+        study.enqueue_trial(params, skip_if_exists=False)
 
 
 @contextlib.contextmanager
@@ -132,8 +173,6 @@ def _worker(config: dict[str, Any], storage_url: str, name: str, target: float |
     import torch
     from optuna.trial import TrialState
 
-    from ._search import SearchConfig, setup
-
     torch.set_num_threads(threads)
     preset, env, _, _ = setup(SearchConfig(**config))
     storage = open_storage(storage_url)
@@ -151,7 +190,7 @@ def _worker(config: dict[str, Any], storage_url: str, name: str, target: float |
             pass  # both workers popped the same enqueued trial (SQLite has no row locks): the other one told it
 
 
-def _parallel(study: Any, config: Any, storage_url: str, name: str, target: float | None, n_trials: int,
+def _parallel(study: Any, config: SearchConfig, storage_url: str, name: str, target: float | None, n_trials: int,
               tracker: Tracker) -> None:
     workers = config.workers
     threads = max((os.cpu_count() or 1) // workers, 1)
@@ -204,36 +243,34 @@ def _rewrite_episodes(run: RunDir, pairs: list[tuple[float | None, Any]], channe
     return finished, n
 
 
-def _candidates(pairs: list[tuple[float | None, Any]], targets: tuple[float, ...]) -> dict[float, list[list]]:
+def _candidates(pairs: list[tuple[float | None, Any]], targets: tuple[float, ...]) -> dict[float, list[Candidate]]:
     """[reward, counts] of the completed trials per target (NSGA-II: those within each target's budget)."""
     from optuna.trial import TrialState
 
-    candidates: dict[float, list[list]] = {}
+    candidates: dict[float, list[Candidate]] = {}
     for target, study in pairs:
         for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             a = trial.user_attrs
             if "counts" not in a:
                 continue
             for t in ([target] if target is not None else [t for t in targets if a["macs_fraction"] <= t + 1e-9]):
-                pool = candidates.setdefault(float(t), [])
-                if all(c != a["counts"] for _, c in pool):
-                    pool.append([float(trial.values[0]), a["counts"]])
+                add_candidate(candidates, t, trial.values[0], a["counts"])
     return candidates
 
 
-def run_optuna(config: Any, preset: Preset, env: PruningEnv, run: RunDir, tracker: Tracker, identity: dict[str, Any],
-               resume: bool) -> dict[float, list[list]]:
+def run_optuna(config: SearchConfig, preset: Preset, env: PruningEnv, run: RunDir, tracker: Tracker, identity: dict[str, Any],
+               resume: bool) -> dict[float, list[Candidate]]:
     """Run the preset's studies to their length; returns the candidates per target."""
     url = config.storage or f"sqlite:///{(run.path / 'study.db').resolve()}"
     storage = open_storage(url)
     base = config.study_name or run.path.name
-    channels = np.array([g.channels for g in env.space.searchable])
+    channels = env.space.channels
     pairs, names = [], []
     for target, name in studies(preset, base):
         ident = {**identity, "targets": [target] if target is not None else list(preset.targets)}
         study = open_study(storage, name, preset, ident, pruner=_pruner(preset))
         if resume and config.storage is None:
-            _fail_running(study, storage)
+            _requeue_unfinished(study, storage)
         if not study.trials:
             _warm_start(study, env, target, preset, [_earlier(p, env) for p in config.warm_start])
         pairs.append((target, study))
@@ -253,13 +290,16 @@ def run_optuna(config: Any, preset: Preset, env: PruningEnv, run: RunDir, tracke
             _serial(study, env, preset, target, preset.episodes, config.seed, tracker)
     if config.ray or config.workers > 1:  # other processes played the episodes: log them from the study
         _rewrite_episodes(run, pairs, channels, tracker)
-    if preset.algorithm == "nsga2":
-        export_front(run, env, pairs[0][1])
+    if preset.spec.one_study:
+        export_front(run, env, pairs[0][1], preset.algorithm)
     return _candidates(pairs, preset.targets)
 
 
-def export_front(run: RunDir, env: PruningEnv, study: Any) -> list[Policy]:
-    """NSGA-II's Pareto front (holdout accuracy on the reward part against MACs kept) as policies, CSV and plot."""
+def export_front(run: RunDir, env: PruningEnv, study: Any, agent: str) -> list[Policy]:
+    """A multi-objective study's (NSGA-II's) Pareto front as policies, CSV and plot.
+
+    The front is holdout accuracy on the reward part against MACs kept.
+    """
     import csv
 
     import matplotlib
@@ -276,7 +316,7 @@ def export_front(run: RunDir, env: PruningEnv, study: Any) -> list[Policy]:
         out.writerow(["policy", "trial", "target", "macs_fraction", "params_fraction", "accuracy"])
         for i, trial in enumerate(front):
             a = trial.user_attrs
-            policy = env.policy(a["counts"], a["target"], provenance={"agent": "nsga2", "trial": trial.number})
+            policy = env.policy(a["counts"], a["target"], provenance={"agent": agent, "trial": trial.number})
             policy.accuracy["reward"] = a["accuracy"]
             name = f"policy-{i:03d}.json"
             policy.save(folder / name)
@@ -289,7 +329,7 @@ def export_front(run: RunDir, env: PruningEnv, study: Any) -> list[Policy]:
     ax.plot([t.values[1] for t in front], [100 * t.values[0] for t in front], "o-", c="C3", label="Pareto front")
     ax.set_xlabel("MACs kept (fraction)")
     ax.set_ylabel("holdout accuracy, reward part (%)")
-    ax.set_title(f"NSGA-II: {env.space.arch}, {len(done)} trials")
+    ax.set_title(f"{agent}: {env.space.arch}, {len(done)} trials")
     ax.legend()
     fig.tight_layout()
     fig.savefig(run.path / "front.png", dpi=120)

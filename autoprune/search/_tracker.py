@@ -8,6 +8,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._run_dir import RunDir
+from ._searcher import Candidate, add_candidate
 
 __all__ = ["Tracker", "episode_row"]
 
@@ -25,12 +26,12 @@ class Tracker:
 
     def __init__(self, run: RunDir, channels: np.ndarray) -> None:
         self.run, self.channels = run, channels
-        self.candidates: dict[float, list[list]] = {}  # target -> [[reward, counts], ...]
+        self.candidates: dict[float, list[Candidate]] = {}  # target -> [[reward, counts], ...]
         self.episodes = self.total = 0
         self.bar: tqdm | None = None
         self._writer: Any = None
 
-    def start(self, total: int, done: int, candidates: dict[float, list[list]], episodes: int | None = None) -> None:
+    def start(self, total: int, done: int, candidates: dict[float, list[Candidate]], episodes: int | None = None) -> None:
         """``done`` trials are behind us, ``episodes`` of them (default: all) ended with an episode."""
         self.total, self.candidates = total, candidates
         self.episodes = done if episodes is None else episodes
@@ -50,10 +51,8 @@ class Tracker:
         counts = [int(c) for c in info["counts"]]
         self.run.append_episode(episode_row(self.episodes, target, reward, info["accuracy"], policy.macs_fraction,
                                             policy.params_fraction, info["cached"], np.asarray(counts) / self.channels))
-        pool = self.candidates.setdefault(target, [])
-        if all(c != counts for _, c in pool):
-            pool.append([float(reward), counts])
-        best = max(pool)
+        add_candidate(self.candidates, target, reward, counts)
+        best = max(self.candidates[target])
         self.scalars(self.episodes, target, reward, info["accuracy"], policy.macs_fraction, best[0])
         self.advance(best=f"{best[0]:.4f}", macs=f"{policy.macs_fraction:.3f}", target=target)
 

@@ -1,0 +1,74 @@
+"""What a search run is given (:class:`SearchConfig`, saved as its config.yaml) and what it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import AutopruneError
+from ..policy import Policy
+
+__all__ = ["SearchConfig", "SearchResult"]
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search run depends on (saved as the run's config.yaml)."""
+
+    arch: str
+    data_dir: str
+    agent: str = "cacp"
+    checkpoint: str = "pretrained"
+    targets: list[float] | None = None  # None: the preset's
+    episodes: int | None = None  # per target; None: the preset's
+    space: str | None = None
+    dataset: str = "cifar10"
+    seed: int = 0
+    device: str = "auto"
+    holdout: int = 5000
+    reward_samples: int = 1000
+    # 1,000 recalibration images: their noise (0.29 points from a 4,000-image recalibration) is far below
+    # the 1.4 points of sampling noise of the 1,000 reward images, at half the cost of 2,000 (bench_recal.py)
+    recal_batches: int = 10
+    recal_batch_size: int = 100
+    top_k: int = 5
+    multi_fidelity: bool | None = None  # Optuna; None: the preset's
+    storage: str | None = None  # Optuna; None: SQLite in the run directory
+    study_name: str | None = None  # Optuna; None: the run directory's name
+    workers: int = 1  # Optuna: trials evaluated at once
+    ray: bool = False  # Optuna: run the trials through Ray Tune
+    ray_address: str | None = None  # None: a local Ray
+    warm_start: list[str] = field(default_factory=list)  # Optuna: policy files to try first
+    preset: dict[str, Any] = field(default_factory=dict)  # filled in: the resolved preset
+
+    def __post_init__(self) -> None:
+        if self.episodes is not None and self.episodes < 1:
+            raise AutopruneError(f"--episodes must be at least 1, but got {self.episodes}.")
+        if self.top_k < 1:
+            raise AutopruneError(f"--top-k must be at least 1, but got {self.top_k}.")
+        if self.workers < 1:
+            raise AutopruneError(f"--workers must be at least 1, but got {self.workers}.")
+
+
+@dataclass
+class SearchResult:
+    """What a search produced.
+
+    Attributes:
+        run_dir: the run directory.
+        policies: the final policy per target.
+        table: the printed table.
+        uniform: holdout and test accuracy of the uniform-L1 policy per target.
+        evaluations: distinct policies evaluated during the search (cache hits excluded).
+        seconds: wall time of this process's search (without the final pick), and its split.
+        notes: what to do next, for the command line to print (e.g. how to fine-tune from saved weights).
+    """
+
+    run_dir: Path
+    policies: dict[float, Policy]
+    table: str
+    uniform: dict[float, tuple[float, float]]
+    evaluations: int
+    seconds: dict[str, float]
+    notes: list[str] = field(default_factory=list)

@@ -1,0 +1,93 @@
+"""The end of every search: pick per target, measure on test once, set beside uniform-L1, write the files.
+
+The pick guards against the winner's curse: the best ``top_k`` policies by
+reward (scored on the holdout's "reward" part) are re-scored on its disjoint
+"select" part; the winner's holdout accuracy is the sum of the two parts, and
+it is measured on the test split once. A handcrafted method's answer has been
+measured already: nothing to re-judge, the same table and files.
+"""
+
+from __future__ import annotations
+
+from tqdm.auto import tqdm
+
+from .._io import write_json
+from .._table import format_table
+from ..env import PruningEnv
+from ..errors import AutopruneError
+from ..policy import Policy
+from ..pruning import uniform_counts
+from ._config import SearchConfig, SearchResult
+from ._run_dir import RunDir
+from ._searcher import Candidate, Proposals
+
+__all__ = ["TABLE_HEADER", "pick", "uniform_reference"]
+
+TABLE_HEADER = ["target", "MACs kept", "params kept", "holdout %", "test %", "uniform-L1 holdout %",
+                "uniform-L1 test %"]
+
+
+def pick(config: SearchConfig, run: RunDir, env: PruningEnv, proposals: Proposals) -> SearchResult:
+    """The final policy per target from ``proposals``: saved, tabled beside uniform-L1, summed up in result.json."""
+    targets = [float(t) for t in env.config.targets]
+    missing = [t for t in targets if t not in proposals.answers and not proposals.pools.get(t)]
+    if missing:
+        raise AutopruneError(f"No finished episode meets the target(s) {missing}: nothing to pick from. "
+                             "Search longer (--episodes).")
+    order = [*proposals.answers, *sorted(proposals.pools)]
+    bar = tqdm(total=sum(2 if t in proposals.answers else config.top_k + 2 for t in order), desc="final pick",
+               unit="eval")
+    rows, policies, references = [], {}, {}
+    for target in order:
+        if target in proposals.answers:
+            policy = proposals.answers[target]
+        else:
+            policy = _rejudge(config, env, target, proposals.pools[target], bar)
+        u_hold, u_test = references[target] = uniform_reference(env, target)
+        bar.update(2)
+        policy.save(run.path / f"policy-{target:g}.json")
+        policies[target] = policy
+        rows.append((f"{target:g}", f"{policy.macs_fraction:.3f}", f"{policy.params_fraction:.3f}",
+                     f"{100 * policy.accuracy['holdout']:.2f}", f"{100 * policy.accuracy['test']:.2f}",
+                     f"{100 * u_hold:.2f}", f"{100 * u_test:.2f}"))
+    bar.close()
+    main = float(config.targets[0]) if config.targets else targets[0]
+    policies[main].save(run.path / "policy.json")  # the first target asked for
+    table = format_table(TABLE_HEADER, rows)
+    run.log("\n".join(["final", table, *proposals.notes]))
+    write_json(run.path / "result.json", {  # what the table and the log say, for scripts and reports
+        "evaluations": proposals.evaluations, "seconds": proposals.seconds,
+        "uniform": {f"{t:g}": {"holdout": h, "test": u} for t, (h, u) in references.items()}})
+    return SearchResult(run.path, policies, table, references, proposals.evaluations, proposals.seconds,
+                        proposals.notes)
+
+
+def _rejudge(config: SearchConfig, env: PruningEnv, target: float, pool: list[Candidate], bar: tqdm) -> Policy:
+    """The best of ``pool``'s top ``top_k`` on the select part, its holdout summed from both parts, test once."""
+    evaluator = env.evaluator
+    top = sorted(pool, reverse=True)[: config.top_k]
+    best = None  # (select accuracy, reward, counts, model, select images): the winner's model is judged on test
+    for reward, counts in top:  # re-judged on holdout images the search never scored
+        model = env.judged(counts)
+        select = evaluator.holdout(model, part="select")
+        if best is None or (select.top1, reward) > best[:2]:
+            best = (select.top1, reward, counts, model, select.samples)
+        bar.update(1)
+    bar.update(config.top_k - len(top))
+    select_acc, reward, counts, model, n_select = best
+    policy = env.policy(counts, target, provenance={"agent": config.agent, "seed": config.seed,
+                                                      "episodes": len(pool)})
+    # the whole holdout is the reward part plus the select part, both measured on this recalibration
+    # (the reward part by the search, cached): adding them up is exact and costs nothing
+    reward_acc, n_reward = env.accuracy(counts)[0], config.reward_samples
+    holdout = (round(reward_acc * n_reward) + round(select_acc * n_select)) / (n_reward + n_select)
+    policy.accuracy.update({"reward": reward if env.config.reward == "acc" else reward_acc,
+                            "select": select_acc, "holdout": holdout, "test": evaluator.test(model).top1})
+    return policy
+
+
+def uniform_reference(env: PruningEnv, target: float) -> tuple[float, float]:
+    """Holdout and test accuracy of the uniform-L1 policy at ``target``, the column beside every agent's pick."""
+    space, evaluator = env.space, env.evaluator
+    reference = evaluator.ready(evaluator.prepare(space.apply(env.policy(uniform_counts(space, target), target).channels)))
+    return evaluator.holdout(reference).top1, evaluator.test(reference).top1

@@ -1,0 +1,51 @@
+"""What a search plays on, built from its configuration: the preset, the environment, its evaluator and space.
+
+Kept apart from the orchestrator so that worker processes (``--workers``, Ray
+trials) rebuild exactly the parent's environment without importing the
+orchestrator that started them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..checkpoints import load_model
+from ..env import EnvConfig, PruningEnv
+from ..errors import AutopruneError
+from ..evaluate import Evaluator
+from ..pruning import PrunableSpace, space_for
+from ._config import SearchConfig
+from ._preset import Preset, load_preset
+
+__all__ = ["resolve_preset", "setup"]
+
+
+def resolve_preset(config: SearchConfig) -> Preset:
+    """The preset a run of ``config`` uses: as resolved when it started, else the YAML with the config's overrides."""
+    if config.preset:  # a run being resumed: the preset as resolved when it started, whatever the YAML says now
+        return Preset(**{**config.preset, "targets": tuple(config.preset["targets"])})
+    preset = load_preset(config.agent, episodes=config.episodes, multi_fidelity=config.multi_fidelity)
+    if config.targets:  # a multi-target preset keeps its range and adds the asked targets
+        asked = tuple(float(t) for t in config.targets)
+        targets = tuple(sorted(set(preset.targets) | set(asked))) if len(preset.targets) > 1 else asked
+        preset = replace(preset, targets=targets)
+    return preset
+
+
+def setup(config: SearchConfig) -> tuple[Preset, PruningEnv, Evaluator, PrunableSpace]:
+    """The preset, environment, evaluator and prunable space a run of ``config`` uses."""
+    preset = resolve_preset(config)
+    kind = preset.spec.kind
+    if (config.workers > 1 or config.ray) and not kind.parallel:
+        raise AutopruneError(f"--workers and --ray run Optuna agents in parallel; {preset.name!r} is not one "
+                             f"({preset.algorithm}: {kind.description}).")
+    model, sha = load_model(config.arch, config.checkpoint)
+    evaluator = Evaluator.from_data_dir(config.data_dir, config.arch, dataset=config.dataset, holdout=config.holdout,
+                                        seed=config.seed, device=config.device, recal_batches=config.recal_batches,
+                                        recal_batch_size=config.recal_batch_size, reward_samples=config.reward_samples)
+    space = space_for(model, config.arch, config.space)
+    # a method that selects its own channels: the env only prices its answers and gives the uniform-L1 reference
+    criterion = "l1" if kind.selects_channels else preset.criterion
+    env = PruningEnv(space, evaluator, EnvConfig(targets=preset.targets, reward=preset.reward, criterion=criterion),
+                     dataset=evaluator.dataset.name, checkpoint=sha)
+    return preset, env, evaluator, space
