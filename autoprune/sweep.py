@@ -10,30 +10,23 @@ A retried cell continues from its own run directories: a finished search is
 not repeated, an unfinished one resumes from its last checkpoint, and the
 fine-tune from its last epoch. On a multi-node cluster OUT must be on a
 filesystem every node sees.
+
+This module owns the cells, their trainable and the plot; the experiment's
+lifecycle (the folder, Ray, the Tune run, results.csv) is
+:func:`autoprune.tune.run_experiment`'s, as for ``autoprune finetune --ray``.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ._io import write_bytes
 from ._table import format_table
 from .errors import AutopruneError
-from .tune import (
-    RayOptions,
-    TrialOutcome,
-    connect,
-    resolve_gpus,
-    run_trials,
-    write_outcomes,
-)
+from .tune import ExperimentDir, RayOptions, TrialOutcome, run_experiment
 
 __all__ = ["SweepConfig", "sweep", "sweep_trial", "table"]
 
@@ -145,33 +138,14 @@ def sweep(config: SweepConfig | None, out: str | os.PathLike[str], options: RayO
           overwrite: bool = False, trainable: Callable[[dict[str, Any]], None] = sweep_trial) -> list[TrialOutcome]:
     """Run (or, with ``resume`` and no ``config``, continue) a sweep into ``out``; one outcome per cell."""
     out = Path(out).resolve()
-    if resume:
-        if not (out / "config.yaml").is_file():
-            raise AutopruneError(f"{out} is not a sweep (no config.yaml).")
-        saved = yaml.safe_load((out / "config.yaml").read_text())
-        cells = saved["cells"]
-    elif (out / "config.yaml").exists() and not overwrite:
-        raise AutopruneError(f"{out} already holds a run; resume it with --resume {out}, or choose another --out "
-                             "(or pass --overwrite).")
-    started = connect(options)
-    try:
-        options = resolve_gpus(options)
-        if not resume:
-            cells = _cells(config, out, options)
-            if overwrite and out.exists():
-                shutil.rmtree(out)
-            out.mkdir(parents=True, exist_ok=True)
-            text = yaml.safe_dump({"experiment": "sweep", "sweep": asdict(config), "ray": asdict(options),
-                                   "cells": cells}, sort_keys=False)
-            write_bytes(out / "config.yaml", lambda f: f.write(text.encode()))
-        max_t = max(c["epochs"] or 1 for c in cells.values())
-        outcomes = run_trials(trainable, cells, out / "tune", options, max_t=max_t, resume=resume)
-    finally:
-        if started:
-            import ray
-            ray.shutdown()
-    write_outcomes(out / "results.csv", outcomes, fields=("agent", "target", "macs_fraction", "epoch", "holdout_top1",
-                                                          "test_top1"))
+    folder = ExperimentDir.open(out, "a sweep") if resume else ExperimentDir.claim(out, overwrite=overwrite)
+
+    def plan(options: RayOptions) -> dict[str, Any]:
+        return {"experiment": "sweep", "sweep": asdict(config), "cells": _cells(config, out, options)}
+
+    outcomes = run_experiment(folder, trainable, options, key="cells", plan=plan,
+                              epochs=lambda cell: cell["epochs"] or 1,
+                              fields=("agent", "target", "macs_fraction", "epoch", "holdout_top1", "test_top1"))
     _plot(out / "sweep.png", outcomes)
     return outcomes
 

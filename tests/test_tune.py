@@ -15,7 +15,7 @@ from _synthetic import make_colours
 
 from autoprune import load_pruned
 from autoprune.errors import AutopruneError
-from autoprune.tune import RayOptions, check_address, check_resources
+from autoprune.tune import ExperimentDir, RayOptions, check_address, check_resources, ray_session, run_experiment
 
 VICTIM = "victim"
 
@@ -67,6 +67,38 @@ def test_cli_checks_policies_and_the_address_before_any_trial(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and f"Cannot reach the Ray cluster at ray://127.0.0.1:{port}" in err and "Traceback" not in err
     assert not (tmp_path / "exp").exists()
+
+
+def test_a_ray_the_session_started_is_shut_down_however_the_block_ends(monkeypatch, tmp_path):
+    import ray
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append("init"))
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])
+    for error in (RuntimeError, KeyboardInterrupt):
+        with pytest.raises(error), ray_session(RayOptions()) as options:
+            assert options.gpus_per_trial == 0 and calls == ["init"]
+            raise error
+        assert calls == ["init", "shutdown"]
+        calls.clear()
+
+    def plan(options: RayOptions) -> dict:
+        raise AutopruneError("a trial could not be set up")
+
+    with pytest.raises(AutopruneError, match="could not be set up"):
+        run_experiment(ExperimentDir.claim(tmp_path / "exp"), killed_once, RayOptions(), key="trials", plan=plan,
+                       epochs=lambda trial: 1)
+    assert calls == ["init", "shutdown"] and not (tmp_path / "exp").exists()
+
+
+def test_an_existing_ray_connection_is_left_alone(local_ray):
+    import ray
+
+    with pytest.raises(RuntimeError), ray_session(RayOptions(gpus_per_trial=0)):
+        raise RuntimeError
+    assert ray.is_initialized()
 
 
 def killed_once(config: dict) -> None:

@@ -4,7 +4,10 @@ The driver's OptunaSearch writes into the run's own study (same storage, same
 name), so a Ray run leaves the artefacts a serial one does and ``--resume``
 continues it either way. Each Ray worker builds its env once and reuses it
 (``reuse_actors``). Multi-fidelity pruning does not apply here: a Tune trial
-is one evaluation.
+is one evaluation. Starting, joining and stopping Ray and running the Tuner
+are :mod:`autoprune.tune`'s (:func:`ray_session`, :func:`run_trials` with a
+search algorithm); this module owns the episode trainable and the searcher
+that records each episode on its Optuna trial.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ..env import PruningEnv
-from ..tune import RayOptions, connect
+from ..tune import RayOptions, ray_session, run_trials
 from ._config import SearchConfig
 from ._optuna import distributions, finished_trials, make_sampler, play
 from ._preset import Preset
@@ -49,19 +52,18 @@ def run_ray(config: SearchConfig, preset: Preset, env: PruningEnv, study: Any, s
     remaining = n_trials - len(finished_trials(study))
     if remaining <= 0:
         return
-    connect(RayOptions(address=config.ray_address, verbose=0))  # joins a cluster, or starts a local Ray
-    multi = preset.spec.one_study
-    searcher = _searcher(space=distributions(env, preset), metric=["accuracy", "macs_fraction"] if multi else "reward",
-                            mode=["max", "min"] if multi else "max", sampler=make_sampler(preset, config.seed),
-                            storage=storage, study_name=name)
     gpus = 1.0 / config.workers if env.evaluator.device.type == "cuda" else 0.0
-    trainable = tune.with_resources(tune.with_parameters(_episode, search=asdict(config), target=target),
-                                    {"cpu": 1, "gpu": gpus})
-    tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
-                                                              max_concurrent_trials=config.workers, reuse_actors=True),
-                       run_config=tune.RunConfig(name=name, storage_path=str((tracker.run.path / "ray").resolve()),
-                                                 verbose=0))
-    tuner.fit()
+    options = RayOptions(address=config.ray_address, cpus_per_trial=1, gpus_per_trial=gpus, max_failures=0,
+                         max_concurrent=config.workers, verbose=0)
+    with ray_session(options) as options:  # joins a cluster, or starts a local Ray (stopped when the study is done)
+        multi = preset.spec.one_study
+        searcher = _searcher(space=distributions(env, preset),
+                             metric=["accuracy", "macs_fraction"] if multi else "reward",
+                             mode=["max", "min"] if multi else "max", sampler=make_sampler(preset, config.seed),
+                             storage=storage, study_name=name)
+        run_trials(tune.with_parameters(_episode, search=asdict(config), target=target), None,
+                   tracker.run.path / "ray" / name, options, search_alg=searcher, num_samples=remaining,
+                   reuse_actors=True)
     tracker.advance(remaining)
 
 

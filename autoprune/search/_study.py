@@ -24,6 +24,7 @@ from ..env import PruningEnv
 from ..errors import AutopruneError
 from ..policy import Policy
 from ..pruning import uniform_counts
+from ..tune import RayOptions, ray_session
 from ._config import SearchConfig
 from ._optuna import (
     finished_trials,
@@ -34,6 +35,7 @@ from ._optuna import (
     trial_seed,
 )
 from ._preset import Preset
+from ._ray import run_ray
 from ._run_dir import RunDir
 from ._searcher import Candidate, Proposals, Searcher, add_candidate
 from ._session import setup
@@ -279,15 +281,17 @@ def run_optuna(config: SearchConfig, preset: Preset, env: PruningEnv, run: RunDi
     tracker.start(preset.total_episodes, done, {}, episodes=episodes)
     if resume:
         run.log(f"resumed after {done} trials")
-    for (target, study), name in zip(pairs, names):
-        if config.ray:
-            from ._ray import run_ray
-            run_ray(config, preset, env, study, storage, name, target, preset.episodes, tracker)
-        elif config.workers > 1:
-            _parallel(study, config, url, name, target, preset.episodes, tracker)
-        else:
-            env.reset(seed=config.seed)
-            _serial(study, env, preset, target, preset.episodes, config.seed, tracker)
+    with contextlib.ExitStack() as stack:
+        if config.ray:  # one Ray for every study of the run (each study's own session joins it)
+            stack.enter_context(ray_session(RayOptions(address=config.ray_address, verbose=0)))
+        for (target, study), name in zip(pairs, names):
+            if config.ray:
+                run_ray(config, preset, env, study, storage, name, target, preset.episodes, tracker)
+            elif config.workers > 1:
+                _parallel(study, config, url, name, target, preset.episodes, tracker)
+            else:
+                env.reset(seed=config.seed)
+                _serial(study, env, preset, target, preset.episodes, config.seed, tracker)
     if config.ray or config.workers > 1:  # other processes played the episodes: log them from the study
         _rewrite_episodes(run, pairs, channels, tracker)
     if preset.spec.one_study:

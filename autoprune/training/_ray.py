@@ -7,31 +7,24 @@
 
 The trial trains with :func:`train` and reports every epoch with its
 checkpoint, so a retried trial resumes from its last epoch
-(:func:`finetune_trial`). Ray is imported only inside these functions.
+(:func:`finetune_trial`). This module owns the trials (names, checked
+policies, their TrainConfig) and their trainable; the experiment's lifecycle
+(the folder, Ray, the Tune run, results.csv) is
+:func:`autoprune.tune.run_experiment`'s, as for a sweep. Ray is imported only
+inside these functions.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .._io import write_bytes
 from ..errors import AutopruneError
-from ..tune import (
-    RayOptions,
-    TrialOutcome,
-    connect,
-    resolve_gpus,
-    run_trials,
-    write_outcomes,
-)
+from ..tune import ExperimentDir, RayOptions, TrialOutcome, run_experiment
 from ._config import TrainConfig, make_config
 from ._run import EpochEnd, train
 
@@ -94,10 +87,7 @@ def finetune_on_ray(policies: Sequence[str | os.PathLike[str]], data_dir: str | 
     from ..policy import Policy
     from ..pruning import space_for
 
-    out = Path(out).resolve()
-    if (out / "config.yaml").exists() and not overwrite:
-        raise AutopruneError(f"{out} already holds a run; resume it with --resume {out}, or choose another --out "
-                             "(or pass --overwrite).")
+    folder = ExperimentDir.claim(out, overwrite=overwrite)
     checked = {}
     for name, path in zip(_names(policies), policies):
         policy = Policy.load(path)
@@ -107,35 +97,26 @@ def finetune_on_ray(policies: Sequence[str | os.PathLike[str]], data_dir: str | 
         except AutopruneError as e:
             raise type(e)(f"{path}: {e}") from None
         checked[name] = (path, policy.macs_fraction)
-    started = connect(options)
-    try:
-        options = resolve_gpus(options)
-        preset = ("cifar" if options.gpus_per_trial else "cpu") if preset == "auto" else preset
-        trials = {name: {"run_dir": str(out / name), "macs_fraction": macs, "threads": int(options.cpus_per_trial),
-                         "train": make_config("finetune", data_dir, policy=path, preset=preset, **settings).to_dict()}
+
+    def plan(options: RayOptions) -> dict[str, Any]:
+        chosen = ("cifar" if options.gpus_per_trial else "cpu") if preset == "auto" else preset
+        trials = {name: {"run_dir": str(folder.path / name), "macs_fraction": macs,
+                         "threads": int(options.cpus_per_trial),
+                         "train": make_config("finetune", data_dir, policy=path, preset=chosen, **settings).to_dict()}
                   for name, (path, macs) in checked.items()}
-        if overwrite and out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump({"experiment": "finetune", "ray": asdict(options), "trials": trials}, sort_keys=False)
-        write_bytes(out / "config.yaml", lambda f: f.write(text.encode()))
-        max_t = max(t["train"]["recipe"]["epochs"] for t in trials.values())
-        outcomes = run_trials(trainable, trials, out / "tune", options, max_t=max_t)
-    finally:
-        if started:
-            import ray
-            ray.shutdown()
-    write_outcomes(out / "results.csv", outcomes)
-    return outcomes
+        return {"experiment": "finetune", "trials": trials}
+
+    return run_experiment(folder, trainable, options, key="trials", plan=plan, epochs=_epochs)
+
+
+def _epochs(trial: dict[str, Any]) -> int:
+    return int(trial["train"]["recipe"]["epochs"])
 
 
 def read_experiment(out: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The saved config of an experiment folder, or None when ``out`` holds a single training run."""
-    path = Path(out) / "config.yaml"
-    if not path.is_file():
-        raise AutopruneError(f"{out} is not a run (no config.yaml).")
-    data = yaml.safe_load(path.read_text())
-    return data if isinstance(data, dict) and "experiment" in data else None
+    saved = ExperimentDir.open(out, "a run").saved
+    return saved if isinstance(saved, dict) and "experiment" in saved else None
 
 
 def resume_experiment(out: str | os.PathLike[str], address: str | None = None, *,
@@ -151,13 +132,4 @@ def resume_experiment(out: str | os.PathLike[str], address: str | None = None, *
     options = RayOptions(**saved["ray"])
     if address is not None:
         options = replace(options, address=address)
-    started = connect(options)
-    try:
-        max_t = max(t["train"]["recipe"]["epochs"] for t in saved["trials"].values())
-        outcomes = run_trials(trainable, saved["trials"], out / "tune", options, max_t=max_t, resume=True)
-    finally:
-        if started:
-            import ray
-            ray.shutdown()
-    write_outcomes(out / "results.csv", outcomes)
-    return outcomes
+    return run_experiment(ExperimentDir(out, saved), trainable, options, key="trials", epochs=_epochs)
