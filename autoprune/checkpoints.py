@@ -25,7 +25,8 @@ from ._io import atomic_open, save_torch
 from ._resources import cache_root
 from .errors import CheckpointError, unknown_name
 from .models import create
-from .policy import Policy, apply
+from .policy import Policy
+from .pruning import apply
 
 __all__ = [
     "PretrainedWeights", "PRETRAINED", "file_sha256", "read_state_dict",

@@ -10,8 +10,8 @@ import torch
 
 import autoprune
 from autoprune.errors import PolicyError
-from autoprune.policy import Policy, apply, make_policy
-from autoprune.pruning import space_for
+from autoprune.policy import Policy, make_policy
+from autoprune.pruning import apply, space_for
 
 from conftest import zoo_space
 
