@@ -177,17 +177,8 @@ def make_policy(
     )
 
 
-
-def policy_for(
-    space: PrunableSpace,
-    kept: Mapping[str, Sequence[int] | np.ndarray],
-    *,
-    target: float,
-    dataset: str,
-    checkpoint: str | None,
-    criterion: str,
-    provenance: dict[str, Any] | None = None,
-) -> Policy:
+def policy_for(space: PrunableSpace, kept: Mapping[str, Sequence[int] | np.ndarray], *, target: float, dataset: str,
+               checkpoint: str | None, criterion: str, provenance: dict[str, Any] | None = None) -> Policy:
     """The Policy of an answer that keeps ``kept`` channels per searchable group under a MACs ``target``.
 
     What the environment's episodes, ``prune`` and the handcrafted methods all record: the keep
