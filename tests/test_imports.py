@@ -25,9 +25,11 @@ class Edge:
     target: str
     line: int
     typing_only: bool
+    via: str = ""  # the submodule imported, when the edge is to the package it initialises first
 
     def __str__(self) -> str:
-        return f"{self.source} -> {self.target} (line {self.line}{', TYPE_CHECKING' if self.typing_only else ''})"
+        notes = [f"line {self.line}"] + [f"importing {self.via}"] * bool(self.via) + ["TYPE_CHECKING"] * self.typing_only
+        return f"{self.source} -> {self.target} ({', '.join(notes)})"
 
 
 def _modules() -> dict[str, Path]:
@@ -79,15 +81,16 @@ def _edges(modules: dict[str, Path]) -> list[Edge]:
                     sub = f"{origin}.{alias.name}"
                     targets.append(sub if sub in modules else origin)
             for target in dict.fromkeys(t for t in targets if t in modules and t != name):
-                edges += [Edge(name, t, node.lineno, typing_only) for t in _with_packages(target, name)]
+                edges.append(Edge(name, target, node.lineno, typing_only))
+                edges += [Edge(name, p, node.lineno, typing_only, via=target) for p in _initialised(target, name)]
     return list(dict.fromkeys(edges))
 
 
-def _with_packages(target: str, source: str) -> list[str]:
-    """``target`` and the packages above it that importing it initialises first: those not above ``source``."""
+def _initialised(target: str, source: str) -> list[str]:
+    """The packages above ``target`` that importing it from ``source`` runs first: those not above ``source``."""
     parts = target.split(".")
     above = [".".join(parts[:i]) for i in range(1, len(parts))]
-    return [p for p in above if not (source == p or source.startswith(p + "."))] + [target]
+    return [p for p in above if not (source == p or source.startswith(p + "."))]
 
 
 def _cycles(edges: list[Edge]) -> list[list[str]]:
