@@ -4,9 +4,9 @@ A policy says, for one architecture and checkpoint, how many and which
 channels each searchable group keeps, what that costs, how well it did and
 where it came from. It is plain JSON with a schema version, and it replays on
 the original model: :func:`autoprune.pruning.apply` rebuilds the pruned network
-from it. The engine (:mod:`autoprune.pruning`) makes policies, so this module
-needs nothing of it at run time: the space a policy is checked against is
-whatever the caller passes.
+from it. The engine (:mod:`autoprune.pruning`) imports this module to make
+policies; so that the two never import each other, this one needs nothing of
+the engine at run time and works on whatever space the caller passes.
 """
 
 from __future__ import annotations
