@@ -4,13 +4,13 @@ Find how many channels each layer group keeps under a FLOPs budget, make the
 model physically smaller, fine-tune it, and export the per-layer rates.
 """
 
-__version__ = "0.1.0"
+import gymnasium as _gymnasium
 
-import gymnasium as _gymnasium  # noqa: E402
-
-from .checkpoints import load_model, load_pruned, save_pruned  # noqa: E402
-from .errors import AutopruneError  # noqa: E402
-from .policy import Policy, apply  # noqa: E402
+from ._version import __version__
+from .checkpoints import load_model, load_pruned, save_pruned
+from .errors import AutopruneError
+from .policy import Policy
+from .pruning import apply
 
 ENV_ID = "autoprune/ChannelPruning-v0"
 if ENV_ID not in _gymnasium.registry:

@@ -12,8 +12,8 @@ from ._table import format_table
 from .checkpoints import PRETRAINED, load_model, load_pruned, save_pruned
 from .errors import AutopruneError
 from .models import create, get_model_info, list_models
-from .policy import Policy, apply
-from .pruning import space_for
+from .policy import Policy
+from .pruning import apply, space_for
 
 if TYPE_CHECKING:
     from .training import TrainResult
@@ -104,7 +104,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from .prune import prune
+    from .pruning import prune
 
     arch = _need_arch(args)
     out = Path(args.out)

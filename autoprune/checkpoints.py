@@ -11,21 +11,20 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from torch.hub import download_url_to_file
 
-from ._io import atomic_open, save_torch
+from ._io import save_torch
 from ._resources import cache_root
 from .errors import CheckpointError, unknown_name
 from .models import create
-from .policy import Policy, apply
+from .policy import Policy
+from .pruning import apply
 
 __all__ = [
     "PretrainedWeights", "PRETRAINED", "file_sha256", "read_state_dict",
@@ -140,18 +139,13 @@ def pretrained_path(arch: str, *, download: bool = True) -> Path:
     hint = f"Download {weights.url} (sha256 {weights.sha256[:16]}...) to {path}, or pass --checkpoint PATH."
     if not download:
         raise CheckpointError(f"No pretrained {arch} checkpoint in the cache. {hint}")
-    try:
-        with urllib.request.urlopen(weights.url, timeout=30) as response, atomic_open(path) as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            h = hashlib.sha256()
-            with tqdm(total=total or None, unit="B", unit_scale=True, desc=weights.filename) as bar:
-                for chunk in iter(lambda: response.read(1 << 16), b""):
-                    out.write(chunk)
-                    h.update(chunk)
-                    bar.update(len(chunk))
-            if h.hexdigest() != weights.sha256:
-                raise CheckpointError(f"Downloaded {weights.url} has sha256 {h.hexdigest()[:16]}..., expected {weights.sha256[:16]}.... {hint}")
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # torch.hub writes beside ``path`` and moves the file there only once its sha256 matches
+        download_url_to_file(weights.url, str(path), hash_prefix=weights.sha256)
+    except RuntimeError as e:  # torch.hub's hash check: 'invalid hash value (expected "...", got "...")'
+        raise CheckpointError(f"Downloaded {weights.url} is not the registered file, expected {weights.sha256[:16]}... "
+                              f"({e}); it was not saved. {hint}") from e
+    except OSError as e:  # urllib's URLError and timeouts are OSErrors
         raise CheckpointError(f"Could not download the pretrained {arch} checkpoint ({e}). {hint}") from e
     return path
 

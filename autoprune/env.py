@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,8 +14,8 @@ from gymnasium import spaces
 
 from .errors import AutopruneError, BudgetError, unknown_name
 from .evaluate import Evaluator
-from .policy import Policy, make_policy
-from .pruning import PrunableSpace, check_target, first_true, uniform_counts
+from .policy import Policy, policy_for
+from .pruning import PrunableSpace, check_target, uniform_counts
 
 __all__ = ["PruningEnv", "EnvConfig", "REWARDS", "FEATURES", "TIMED"]
 
@@ -150,10 +151,9 @@ class PruningEnv(gym.Env):
         base = self.space.base.macs
         table = np.array([[g.in_channels, g.channels, g.kernel, g.stride, g.fmap] for g in groups], dtype=np.float64)
         table /= table.max(axis=0)
-        full = np.array([g.channels for g in groups])
         controlled = []
         for j in range(self.n):
-            k = full.copy()
+            k = self.space.channels.copy()
             k[j] = 0
             controlled.append((base - self.space.macs(k)) / base)
         kinds = [_KINDS[g.kind] for g in groups]
@@ -184,10 +184,10 @@ class PruningEnv(gym.Env):
             return self.space.macs(k)
 
         # MACs grow with the count, so both bounds are bisections over the options
-        over = first_true(len(options), lambda i: macs_with(options[i], self._lo) > budget)
+        over = bisect.bisect_right(options, budget, key=lambda c: macs_with(c, self._lo))
         upper = int(options[max(over - 1, 0)])  # largest count still within budget
-        lower = int(options[min(first_true(len(options), lambda i: macs_with(options[i], self._hi) >= budget),
-                                len(options) - 1)])  # smallest count from which the budget is still reached
+        reached = bisect.bisect_left(options, budget, key=lambda c: macs_with(c, self._hi))
+        lower = int(options[min(reached, len(options) - 1)])  # smallest count from which the budget is still reached
         if j == self.n - 1:
             return upper
         return int(np.clip(wanted, min(lower, upper), upper))
@@ -267,13 +267,7 @@ class PruningEnv(gym.Env):
 
         Its time goes into ``timings``: "apply" (cut the model), "recalibrate" (adaptive BN).
         """
-        start = time.perf_counter()
-        model = self.evaluator.prepare(self.space.apply(self.space.select(counts, self._scores)))
-        applied = time.perf_counter()
-        model = self.evaluator.ready(model)
-        self.timings["apply"] += applied - start
-        self.timings["recalibrate"] += time.perf_counter() - applied
-        return model
+        return self.evaluator.judge(self.space, self.space.select(counts, self._scores), timings=self.timings)
 
     def _score(self, model: Any, part: str, screen: Callable[[float], None] | None) -> float:
         if screen is None or part != "reward":
@@ -311,10 +305,6 @@ class PruningEnv(gym.Env):
 
     def policy(self, counts: Sequence[int], target: float, provenance: dict | None = None) -> Policy:
         """The Policy of an episode that kept ``counts``."""
-        counts = np.asarray(counts)
-        ratios = counts / np.array([g.channels for g in self.space.searchable])
-        num_classes = self.space.model.get_submodule(self.space.info.classifier).out_features
-        return make_policy(self.space, ratios, self.space.select(counts, self._scores), dataset=self.dataset,
-                           num_classes=num_classes, checkpoint=self.checkpoint, criterion=self.config.criterion,
-                           target={"metric": "macs", "fraction": target}, provenance=provenance)
+        return policy_for(self.space, self.space.select(counts, self._scores), target=target, dataset=self.dataset,
+                          checkpoint=self.checkpoint, criterion=self.config.criterion, provenance=provenance)
 

@@ -3,7 +3,10 @@
 A policy says, for one architecture and checkpoint, how many and which
 channels each searchable group keeps, what that costs, how well it did and
 where it came from. It is plain JSON with a schema version, and it replays on
-the original model: :func:`apply` rebuilds the pruned network from it.
+the original model: :func:`autoprune.pruning.apply` rebuilds the pruned network
+from it. The engine (:mod:`autoprune.pruning`) imports this module to make
+policies; so that the two never import each other, this one needs nothing of
+the engine at run time and works on whatever space the caller passes.
 """
 
 from __future__ import annotations
@@ -11,19 +14,21 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
-from . import __version__
 from ._io import write_json
+from ._version import __version__
 from .errors import PolicyError
-from .pruning import PrunableSpace, space_for
 
-__all__ = ["SCHEMA_VERSION", "Policy", "apply", "make_policy"]
+if TYPE_CHECKING:
+    from .pruning import PrunableSpace
+
+__all__ = ["SCHEMA_VERSION", "Policy", "make_policy", "policy_for"]
 
 SCHEMA_VERSION = 1
 
@@ -149,8 +154,8 @@ class Policy:
 
 def make_policy(
     space: PrunableSpace,
-    ratios: np.ndarray,
-    channels: dict[str, np.ndarray],
+    ratios: Sequence[float] | np.ndarray,
+    channels: Mapping[str, Sequence[int] | np.ndarray],
     *,
     dataset: str,
     num_classes: int,
@@ -172,12 +177,16 @@ def make_policy(
     )
 
 
-def apply(model: nn.Module, policy: Policy) -> nn.Module:
-    """A new, physically smaller model: ``model`` pruned as ``policy`` says (``model`` is untouched).
+def policy_for(space: PrunableSpace, kept: Mapping[str, Sequence[int] | np.ndarray], *, target: float, dataset: str,
+               checkpoint: str | None, criterion: str, provenance: dict[str, Any] | None = None) -> Policy:
+    """The Policy of an answer that keeps ``kept`` channels per searchable group under a MACs ``target``.
 
-    The dependency structure of ``model`` is traced on first use and cached
-    with it, so applying many policies to the same model costs no tracing.
+    What the environment's episodes, ``prune`` and the handcrafted methods all record: the keep
+    ratios are the kept counts over the groups' channels, the classifier's width comes from the
+    model, the target is a fraction of the MACs. :func:`make_policy` takes those explicitly.
     """
-    space = space_for(model, policy.arch, policy.space)
-    policy.validate(space)
-    return space.apply(policy.channels)
+    counts = np.array([len(kept[n]) for n in space.names])
+    num_classes = space.model.get_submodule(space.info.classifier).out_features
+    return make_policy(space, counts / space.channels, kept, dataset=dataset, num_classes=num_classes,
+                       checkpoint=checkpoint, criterion=criterion, target={"metric": "macs", "fraction": target},
+                       provenance=provenance)

@@ -36,7 +36,7 @@ import bench_search
 from autoprune._table import format_table
 from autoprune.checkpoints import load_model
 from autoprune.policy import Policy
-from autoprune.prune import prune
+from autoprune.pruning import prune
 from autoprune.training import make_config, train
 
 HEADER = ["agent", "evaluations", "MACs kept", "params kept", "holdout %", "test %", "test % fine-tuned",

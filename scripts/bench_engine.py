@@ -29,8 +29,7 @@ from autoprune._table import format_table
 from autoprune.data import DeviceLoader, load_dataset, make_splits
 from autoprune.evaluate import evaluate, recalibrate_bn
 from autoprune.models import create, get_model_info
-from autoprune.pruning import PrunableSpace
-from autoprune.pruning._shortcut_pruner import CUSTOM_PRUNERS
+from autoprune.pruning import CUSTOM_PRUNERS, PrunableSpace
 
 
 def timed(fn, repeat: int = 1) -> float:

@@ -37,7 +37,7 @@ from autoprune._table import format_table
 from autoprune.data import DeviceLoader, load_dataset
 from autoprune.models import create, get_model_info
 from autoprune.policy import Policy
-from autoprune.prune import prune
+from autoprune.pruning import prune
 from autoprune.training import Recipe, Trainer, make_config, train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

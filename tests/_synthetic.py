@@ -22,7 +22,7 @@ def make_colours(root: Path, train: int = 30, test: int = 10, size: int = 16) ->
     (``u50.json``: uniform at half the MACs, ``g70.json``: global L1 at 70 %)."""
     from autoprune.checkpoints import load_model
     from autoprune.models import create
-    from autoprune.prune import prune
+    from autoprune.pruning import prune
 
     rng = np.random.default_rng(0)
     for split, n in (("train", train), ("test", test)):

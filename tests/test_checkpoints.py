@@ -12,7 +12,7 @@ from autoprune.checkpoints import (PRETRAINED, file_sha256, load_checkpoint, loa
                                    pretrained_path, save_pruned)
 from autoprune.errors import CheckpointError
 from autoprune.models import create
-from autoprune.prune import prune
+from autoprune.pruning import prune
 
 from conftest import PRETRAINED_DIR, require
 

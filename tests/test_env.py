@@ -106,6 +106,18 @@ def test_a_repeated_policy_is_not_evaluated_again():
     assert i2["cached"] and not i1["cached"] and env.evaluations == count and r1 == r2
 
 
+def test_judged_is_the_evaluators_judge_and_splits_its_time():
+    env = make_env()
+    counts = env.space.counts(np.full(env.n, 0.5))
+    model = env.judged(counts)
+    assert env.timings["apply"] > 0 and env.timings["recalibrate"] > 0
+    ev = env.evaluator
+    by_hand = ev.ready(ev.prepare(env.space.apply(env.policy(counts, 0.5).channels)))
+    x = next(iter(ev.holdout_loader))[0]
+    with torch.no_grad():
+        assert torch.allclose(model(x), by_hand(x))
+
+
 def test_reward_forms():
     env = make_env(reward="err-log-flops")
     _, reward, info = play(env, seed=0)

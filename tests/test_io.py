@@ -22,7 +22,7 @@ def test_interrupted_write_keeps_the_old_file(tmp_path):
 
 @pytest.mark.parametrize("module", ["autoprune", "autoprune.models", "autoprune.data", "autoprune.pruning",
                                     "autoprune.errors", "autoprune.policy", "autoprune.checkpoints",
-                                    "autoprune.evaluate", "autoprune.cost"])
+                                    "autoprune.evaluate"])
 def test_all_names_exist(module):
     mod = importlib.import_module(module)
     assert mod.__all__ and all(hasattr(mod, name) for name in mod.__all__)

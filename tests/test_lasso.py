@@ -17,13 +17,15 @@ from autoprune.cli import main
 from autoprune.data import Dataset, make_splits
 from autoprune.errors import AutopruneError
 from autoprune.evaluate import Evaluator
-from autoprune.prune import prune
-from autoprune.pruning import CRITERIA, PrunableSpace
-from autoprune.pruning._discover import Group, Member
-from autoprune.pruning._reconstruct import (
+from autoprune.pruning import (
+    CRITERIA,
+    Group,
+    Member,
+    PrunableSpace,
     Reconstruction,
     consumers,
     lasso_path,
+    prune,
     sample_features,
 )
 

@@ -10,8 +10,8 @@ import torch
 
 import autoprune
 from autoprune.errors import PolicyError
-from autoprune.policy import Policy, apply, make_policy
-from autoprune.pruning import space_for
+from autoprune.policy import Policy, make_policy, policy_for
+from autoprune.pruning import apply, space_for
 
 from conftest import zoo_space
 
@@ -92,3 +92,13 @@ def test_edited_channels_are_caught():
     del policy.channels[name]
     with pytest.raises(PolicyError, match="missing groups"):
         policy.validate(space)
+
+
+def test_policy_for_records_counts_over_channels_the_classifier_and_the_target():
+    _, space, policy = a_policy()
+    made = policy_for(space, policy.channels, target=0.5, dataset="cifar10", checkpoint=policy.checkpoint,
+                      criterion="l1", provenance={"agent": "test"})
+    assert (made.ratios, made.channels, made.macs, made.params) == (policy.ratios, policy.channels, policy.macs,
+                                                                    policy.params)
+    assert made.num_classes == 10 and made.target == {"metric": "macs", "fraction": 0.5}
+    assert made.provenance["agent"] == "test"

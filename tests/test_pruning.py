@@ -84,6 +84,14 @@ def test_resnet56_base_figures_and_spaces():
     assert [g.channels for g in residual] == [16, 32, 64]
 
 
+def test_channels_of_the_searchable_groups_are_cached_and_read_only():
+    _, space = zoo_space("resnet20")
+    assert space.channels.tolist() == [g.channels for g in space.searchable]
+    assert space.channels.dtype == np.int64 and space.channels is space.channels
+    with pytest.raises(ValueError, match="read-only"):
+        space.channels[0] = 1
+
+
 @pytest.mark.parametrize("method", ["uniform", "global"])
 def test_target_is_met_from_below(method):
     _, space = zoo_space("resnet56")

@@ -24,7 +24,7 @@ The seed gives the idea; the details it leaves open, as chosen here:
 - *Budget.* The seed's knob, a global pruning rate ``pr`` of channels, is
   replaced by the MACs target: the kept set is the global ranking of the
   utilities, each group's divided by their mean (Taylor scores differ in
-  scale between layers; :func:`~autoprune.pruning._budget.global_counts`),
+  scale between layers; :func:`~autoprune.pruning.global_counts`),
   cut at the largest set within the target through the space's cost model
   and its bounds, then topped up in the last group
   (:func:`._masks.counts_to_target`); within a group the channels of highest
@@ -51,8 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..pruning import PrunableSpace
-from ..pruning._budget import check_target
+from ..pruning import PrunableSpace, check_target
 from ..training import Trainer
 from ._masks import GroupMasks, counts_to_target
 from ._method import Context, Outcome
@@ -192,7 +191,7 @@ def run(context: Context) -> Outcome:
     if prop.counts is None:  # training ended within the warm-up
         prop.select()
     kept = prop.kept()
-    total = sum(g.channels for g in context.space.searchable)
+    total = int(context.space.channels.sum())
     info = {
         "method": "dcp",
         "knob": "the seed's global channel pruning rate pr is replaced by the MACs target: the kept set is the "

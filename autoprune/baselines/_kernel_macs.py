@@ -3,7 +3,7 @@
 MACs are counted honestly: kernel sparsity is not channel removal
     Per conv, ``kept kernels x k x k x output H x W`` (depthwise convs: one
     kernel per channel); linear layers in full; the same layers and basis as
-    :mod:`autoprune.cost` (equal to its count when nothing is masked). Zeroed
+    :class:`autoprune.pruning.CostModel` (equal to its count when nothing is masked). Zeroed
     kernels leave the count, nothing more: a masked model runs no faster on
     dense hardware, and the count is what sparse kernels could save.
 
@@ -117,7 +117,7 @@ def find_layers(model: nn.Module, example: torch.Tensor) -> Layers:
 def honest_macs(layers: Layers, masks: Mapping[str, torch.Tensor]) -> int:
     """MACs with the masked kernels removed, nothing more: per conv, kept kernels x k x k x output H x W.
 
-    Linear layers count whole (``in x out``), as in :mod:`autoprune.cost`;
+    Linear layers count whole (``in x out``), as in :class:`autoprune.pruning.CostModel`;
     a conv absent from ``masks`` keeps every kernel.
     """
     total = layers.linear_macs

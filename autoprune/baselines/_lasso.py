@@ -17,7 +17,7 @@ Layer by layer, in forward order over the searchable groups of the space:
    on the kept part of ``X``), and write them into the model pruned so far.
 
 The shared machinery (sampling, the path, the refit) lives in
-:mod:`autoprune.pruning._reconstruct`, which also serves the channel
+:class:`autoprune.pruning.Reconstruction`, which also serves the channel
 criterion ``reconstruction`` that any policy can use.
 
 Groups and residual blocks. A group's channels are one conv's outputs and
@@ -55,8 +55,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..pruning import PrunableSpace, uniform_counts
-from ..pruning._reconstruct import Reconstruction, consumers, sample_features
+from ..pruning import PrunableSpace, Reconstruction, consumers, sample_features, uniform_counts
 from ._method import Context, Outcome, train_loader
 from ._settings import check, is_int, settings_from
 

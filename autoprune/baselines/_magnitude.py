@@ -1,7 +1,7 @@
 """Uniform and global magnitude pruning (Li et al. 2017; Molchanov et al. 2019) as methods.
 
 The same rules as ``autoprune prune --method uniform|global``
-(:mod:`autoprune.pruning._budget`), so a table row named ``uniform`` or
+(:func:`autoprune.pruning.uniform_counts`, :func:`~autoprune.pruning.global_counts`), so a table row named ``uniform`` or
 ``global-l1`` is exactly what ``prune`` would cut; nothing is trained.
 """
 
@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..pruning import uniform_counts
-from ..pruning._budget import global_counts
+from ..pruning import global_counts, uniform_counts
 from ._method import Context, Outcome, criterion_scores
 from ._settings import check, is_int, settings_from
 

@@ -26,6 +26,7 @@ of the last group below the target, as the environment's episodes do) and
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
@@ -33,8 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..pruning import Group, PrunableSpace, first_true
-from ..pruning._budget import check_target, global_counts
+from ..pruning import Group, PrunableSpace, global_counts
 
 __all__ = ["ExpectedMacs", "GroupMasks", "counts_to_target", "fold_masks", "top_up"]
 
@@ -160,29 +160,6 @@ class ExpectedMacs:
         return self._w_dense @ ((self._in0 + self._a_in @ k) * cout) + self._w_dw @ cout
 
 
-def _bounds(space: PrunableSpace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n = len(space.searchable)
-    step = np.minimum(space.spec.round, [g.channels for g in space.searchable])
-    return space.counts(np.full(n, space.spec.bounds[0])), space.counts(np.full(n, space.spec.bounds[1])), step
-
-
-def _raw_counts(space: PrunableSpace, fraction: float, scores: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Like :func:`global_counts`, but ranking the scores as they are (comparable across groups already)."""
-    check_target(space, fraction)
-    floor, ceil, step = _bounds(space)
-    owner = np.concatenate([np.full(g.channels, j) for j, g in enumerate(space.searchable)])
-    flat = np.concatenate([np.asarray(scores[g.name], dtype=np.float64) for g in space.searchable])
-    ranking = owner[np.argsort(-flat, kind="stable")]
-    budget = fraction * space.base.macs
-
-    def counts_at(i: int) -> np.ndarray:
-        kept = np.bincount(ranking[:i], minlength=len(space.searchable))
-        return np.clip(np.ceil(kept / step) * step, floor, ceil).astype(np.int64)
-
-    over = first_true(len(ranking) + 1, lambda i: space.macs(counts_at(i)) > budget)
-    return counts_at(max(over - 1, 0))
-
-
 def top_up(space: PrunableSpace, counts: np.ndarray, fraction: float) -> np.ndarray:
     """Raise the last groups' counts (the last group first) as far as the MACs target allows.
 
@@ -197,12 +174,12 @@ def top_up(space: PrunableSpace, counts: np.ndarray, fraction: float) -> np.ndar
         options = space.count_options(j)
         options = options[options >= counts[j]]
 
-        def fits(i: int, j: int = j, options: np.ndarray = options) -> bool:
+        def macs_with(count: int, j: int = j) -> int:
             trial = counts.copy()
-            trial[j] = options[i]
-            return space.macs(trial) <= budget
+            trial[j] = count
+            return space.macs(trial)
 
-        best = first_true(len(options), lambda i: not fits(i)) - 1
+        best = bisect.bisect_right(options, budget, key=macs_with) - 1  # the last option that fits
         if best >= 0:
             counts[j] = options[best]
         if counts[j] < options[-1]:
@@ -219,5 +196,4 @@ def counts_to_target(space: PrunableSpace, fraction: float, scores: Mapping[str,
     otherwise the raw scores are ranked (probabilities). Counts respect the
     space's bounds and rounding, then :func:`top_up` fills the last groups.
     """
-    counts = global_counts(space, fraction, dict(scores)) if normalise else _raw_counts(space, fraction, scores)
-    return top_up(space, counts, fraction)
+    return top_up(space, global_counts(space, fraction, scores, normalise=normalise), fraction)

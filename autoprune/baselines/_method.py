@@ -21,8 +21,7 @@ from torch import nn
 from ..data import DeviceLoader
 from ..evaluate import Evaluator
 from ..models import get_model_info
-from ..pruning import PrunableSpace
-from ..pruning._criteria import channel_scores, taylor_gradients
+from ..pruning import PrunableSpace, channel_scores, taylor_gradients
 
 __all__ = ["Context", "Outcome", "criterion_scores", "train_loader"]
 

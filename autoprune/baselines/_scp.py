@@ -51,8 +51,7 @@ import torch
 from torch import nn
 
 from ..errors import AutopruneError
-from ..pruning import PrunableSpace
-from ..pruning._budget import check_target
+from ..pruning import PrunableSpace, check_target
 from ._masks import ExpectedMacs, GroupMasks, counts_to_target, fold_masks, top_up
 from ._method import Context, Outcome
 from ._settings import check, settings_from
@@ -188,7 +187,7 @@ class MacsPenalty:
         self.gates, self.target, self.strength = gates, target, strength
         device = next(iter(gates.masks.values.values())).device
         self.expected = ExpectedMacs(gates.space, device)
-        self.channels = sum(g.channels for g in gates.space.searchable)
+        self.channels = int(gates.space.channels.sum())
 
     def expected_fraction(self) -> torch.Tensor:
         """E[MACs] / base under the current probabilities (float64, differentiable)."""
@@ -207,11 +206,10 @@ def removal(space: PrunableSpace, probs: dict[str, np.ndarray], threshold: float
     """SCP's final removal: counts, kept channels and what was done (see "Removal" in the module docstring)."""
     n = len(space.searchable)
     floor, ceil = space.counts(np.full(n, space.spec.bounds[0])), space.counts(np.full(n, space.spec.bounds[1]))
-    step = np.minimum(space.spec.round, [g.channels for g in space.searchable])
+    step = np.minimum(space.spec.round, space.channels)
     above = np.array([int((probs[g.name] >= threshold).sum()) for g in space.searchable])
     counts = np.clip(np.ceil(above / step) * step, floor, ceil).astype(np.int64)
-    info: dict[str, Any] = {"threshold": threshold, "below_threshold": int(sum(g.channels for g in space.searchable)
-                                                                           - above.sum()),
+    info: dict[str, Any] = {"threshold": threshold, "below_threshold": int(space.channels.sum() - above.sum()),
                             "threshold_macs": space.macs(counts) / space.base.macs}
     lifted = [g.name for g, a, c in zip(space.searchable, above, counts) if c > a]
     if lifted:

@@ -32,6 +32,7 @@ Where this differs from the paper, and why:
 
 from __future__ import annotations
 
+import bisect
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,8 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import AutopruneError, BudgetError
-from ..pruning import PrunableSpace, check_target, first_true
-from ..pruning._criteria import channel_scores
+from ..pruning import PrunableSpace, channel_scores, check_target
 from ._method import Context, Outcome
 from ._settings import check, is_number, settings_from
 from ._training import TrainSettings, train_resumable
@@ -126,7 +126,7 @@ def _limits(space: PrunableSpace, bounded: bool) -> tuple[np.ndarray, np.ndarray
     """The fewest and most channels each group may keep: the space's bounds, or 0 and all."""
     n = len(space.searchable)
     if not bounded:
-        return np.zeros(n, dtype=np.int64), np.array([g.channels for g in space.searchable])
+        return np.zeros(n, dtype=np.int64), space.channels
     lo, hi = space.spec.bounds
     return space.counts(np.full(n, lo)), space.counts(np.full(n, hi))
 
@@ -144,12 +144,11 @@ def threshold_counts(space: PrunableSpace, fraction: float, scores: dict[str, np
     check_target(space, fraction)
     groups = space.searchable
     n = len(groups)
-    full = np.array([g.channels for g in groups])
-    step = np.minimum(space.spec.round, full)
+    step = np.minimum(space.spec.round, space.channels)
     floor, ceil = _limits(space, bounded)
     flat = np.concatenate([np.asarray(scores[g.name], dtype=np.float64) for g in groups])
     order = np.argsort(-flat, kind="stable")  # ties: earlier groups, then lower channels, as top_k
-    ranking = np.concatenate([np.full(g.channels, j) for j, g in enumerate(groups)])[order]
+    ranking = np.repeat(np.arange(n), space.channels)[order]
 
     def raw(i: int) -> np.ndarray:
         return np.bincount(ranking[:i], minlength=n)
@@ -158,7 +157,7 @@ def threshold_counts(space: PrunableSpace, fraction: float, scores: dict[str, np
         return np.clip(np.ceil(raw(i) / step) * step, floor, ceil).astype(np.int64)
 
     budget = fraction * space.base.macs
-    i = max(first_true(len(order) + 1, lambda k: space.macs(counts_at(k)) > budget) - 1, 0)
+    i = max(bisect.bisect_right(range(len(order) + 1), budget, key=lambda k: space.macs(counts_at(k))) - 1, 0)
     threshold = float(flat[order[i - 1]]) if i > 0 else float("inf")
     counts = counts_at(i)
     if not bounded and (counts == 0).any():

@@ -15,15 +15,13 @@ import pickle
 import shutil
 import tarfile
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from tqdm import tqdm
+from torch.hub import download_url_to_file
 
-from .._io import atomic_open
 from ..errors import DataError, unknown_name
 from ._cache import SourceArrays
 
@@ -259,24 +257,28 @@ def _check_md5(path: Path, archive: _Archive) -> None:
 
 
 def _download(archive: _Archive, path: Path) -> None:
-    """Stream the archive to ``path`` with a progress bar; only a file with the right md5 lands there."""
+    """Download the archive with a progress bar; only a file with the right md5 lands at ``path``.
+
+    torch.hub checks sha256 prefixes, but the archive publishes an md5: the download goes to a
+    hidden name beside ``path`` and is checked and renamed here.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f".{path.name}.download")
     try:
-        with urllib.request.urlopen(archive.url, timeout=60) as response, atomic_open(path) as f:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            h = hashlib.md5(usedforsecurity=False)
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"Downloading {archive.filename}") as bar:
-                while chunk := response.read(_CHUNK):
-                    f.write(chunk)
-                    h.update(chunk)
-                    bar.update(len(chunk))
-            if h.hexdigest() != archive.md5:
-                raise DataError(
-                    f"The download of {archive.url} has md5 {h.hexdigest()}, but the official "
-                    f"archive has md5 {archive.md5}; it was not saved. Retry, or: "
-                    + _where_to_put(path.parent, archive)
-                )
-    except (OSError, http.client.HTTPException) as e:  # URLError is an OSError
-        raise DataError(f"Could not download {archive.url}: {e}. " + _where_to_put(path.parent, archive)) from e
+        try:
+            download_url_to_file(archive.url, str(part))
+        except (OSError, http.client.HTTPException) as e:  # URLError is an OSError
+            raise DataError(f"Could not download {archive.url}: {e}. " + _where_to_put(path.parent, archive)) from e
+        got = _md5(part)
+        if got != archive.md5:
+            raise DataError(
+                f"The download of {archive.url} has md5 {got}, but the official "
+                f"archive has md5 {archive.md5}; it was not saved. Retry, or: "
+                + _where_to_put(path.parent, archive)
+            )
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _extract(path: Path, root: Path, archive: _Archive) -> None:

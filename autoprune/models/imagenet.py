@@ -26,33 +26,26 @@ def _torchvision_models(name: str) -> ModuleType:
     return models
 
 
-@register_model(
-    dataset="imagenet", input_size=(3, 224, 224), first_conv="conv1", classifier="fc", name="imagenet_resnet18"
-)
-def resnet18(num_classes: int = 1000, **kwargs: object) -> nn.Module:
-    """torchvision ResNet-18; ``kwargs`` go to torchvision (e.g. ``weights="DEFAULT"``)."""
-    return _torchvision_models("imagenet_resnet18").resnet18(num_classes=num_classes, **kwargs)
+_STEM_AND_HEAD = {  # torchvision builder: (first conv, classifier, what it is)
+    "resnet18": ("conv1", "fc", "ResNet-18"),
+    "resnet50": ("conv1", "fc", "ResNet-50"),
+    "vgg16_bn": ("features.0", "classifier.6", "VGG-16-BN"),
+    "mobilenet_v2": ("features.0.0", "classifier.1", "MobileNetV2"),
+}
 
 
-@register_model(
-    dataset="imagenet", input_size=(3, 224, 224), first_conv="conv1", classifier="fc", name="imagenet_resnet50"
-)
-def resnet50(num_classes: int = 1000, **kwargs: object) -> nn.Module:
-    """torchvision ResNet-50; ``kwargs`` go to torchvision (e.g. ``weights="DEFAULT"``)."""
-    return _torchvision_models("imagenet_resnet50").resnet50(num_classes=num_classes, **kwargs)
+def _register(builder: str, first_conv: str, classifier: str, title: str) -> None:
+    """Register torchvision's ``builder`` as ``imagenet_<builder>``, importing torchvision only when it is built."""
+    name = f"imagenet_{builder}"
+
+    def build(num_classes: int = 1000, **kwargs: object) -> nn.Module:
+        return getattr(_torchvision_models(name), builder)(num_classes=num_classes, **kwargs)
+
+    build.__name__ = build.__qualname__ = builder
+    build.__doc__ = f"torchvision {title}; ``kwargs`` go to torchvision (e.g. ``weights=\"DEFAULT\"``)."
+    register_model(dataset="imagenet", input_size=(3, 224, 224), first_conv=first_conv, classifier=classifier,
+                   name=name)(build)
 
 
-@register_model(
-    dataset="imagenet", input_size=(3, 224, 224), first_conv="features.0", classifier="classifier.6", name="imagenet_vgg16_bn"
-)
-def vgg16_bn(num_classes: int = 1000, **kwargs: object) -> nn.Module:
-    """torchvision VGG-16-BN; ``kwargs`` go to torchvision (e.g. ``weights="DEFAULT"``)."""
-    return _torchvision_models("imagenet_vgg16_bn").vgg16_bn(num_classes=num_classes, **kwargs)
-
-
-@register_model(
-    dataset="imagenet", input_size=(3, 224, 224), first_conv="features.0.0", classifier="classifier.1", name="imagenet_mobilenet_v2"
-)
-def mobilenet_v2(num_classes: int = 1000, **kwargs: object) -> nn.Module:
-    """torchvision MobileNetV2; ``kwargs`` go to torchvision (e.g. ``weights="DEFAULT"``)."""
-    return _torchvision_models("imagenet_mobilenet_v2").mobilenet_v2(num_classes=num_classes, **kwargs)
+for _builder, (_first_conv, _classifier, _title) in _STEM_AND_HEAD.items():
+    _register(_builder, _first_conv, _classifier, _title)

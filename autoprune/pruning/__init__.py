@@ -1,11 +1,31 @@
-"""The pruning engine: groups, search spaces, channel selection and physical pruning."""
+"""The pruning engine: groups, search spaces, the cost model, budgets, channel selection and physical pruning.
 
-from ._budget import METHODS, check_target, first_true, counts_for_target, parse_target, reachable, uniform_counts
-from ._criteria import CRITERIA
+Everything the rest of autoprune (the environment, the searches, the
+handcrafted baselines, the commands) uses of the engine is named here; the
+modules behind it are private.
+"""
+
+from ._budget import METHODS, check_target, counts_for_target, global_counts, parse_target, reachable, uniform_counts
+from ._cost import Cost, CostModel
+from ._criteria import CRITERIA, channel_scores, taylor_gradients
 from ._discover import Group, Member
+from ._prune import apply, prune
+from ._reconstruct import Reconstruction, consumers, lasso_path, sample_features
+from ._shortcut_pruner import CUSTOM_PRUNERS
 from ._space import PrunableSpace, space_for, top_k
 from ._spec import SpaceSpec
 
 __all__ = [
-    "CRITERIA", "METHODS", "check_target", "first_true", "counts_for_target", "parse_target", "reachable", "uniform_counts",
-    "Group", "Member", "PrunableSpace", "SpaceSpec", "space_for", "top_k"]
+    # budgets
+    "METHODS", "check_target", "counts_for_target", "global_counts", "parse_target", "reachable", "uniform_counts",
+    # the cost model
+    "Cost", "CostModel",
+    # channel-selection criteria
+    "CRITERIA", "channel_scores", "taylor_gradients",
+    # feature-map reconstruction (He et al. 2017)
+    "Reconstruction", "consumers", "lasso_path", "sample_features",
+    # groups and spaces
+    "CUSTOM_PRUNERS", "Group", "Member", "PrunableSpace", "SpaceSpec", "space_for", "top_k",
+    # physical pruning
+    "apply", "prune",
+]

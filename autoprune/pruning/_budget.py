@@ -9,15 +9,16 @@ the analytic cost model (microseconds a query), never a forward pass.
 
 from __future__ import annotations
 
+import bisect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from ..errors import BudgetError, unknown_name
 from ._space import PrunableSpace
 
-__all__ = ["first_true", "parse_target", "check_target", "reachable", "uniform_counts", "global_counts", "METHODS", "counts_for_target"]
+__all__ = ["parse_target", "check_target", "reachable", "uniform_counts", "global_counts", "METHODS", "counts_for_target"]
 
 METHODS = ("uniform", "global")
 _SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9}
@@ -56,21 +57,12 @@ def check_target(space: PrunableSpace, fraction: float) -> None:
         )
 
 
-def first_true(n: int, predicate: Callable[[int], bool]) -> int:
-    """The first i in [0, n) where a monotone (False..., True...) predicate holds; n if none."""
-    lo, hi = 0, n
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if predicate(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
 def _largest(n_steps: int, counts_at: Callable[[int], np.ndarray], space: PrunableSpace, budget: float) -> np.ndarray:
-    """The last of a growing family ``counts_at(0..n_steps)`` within budget (``counts_at(0)`` is)."""
-    over = first_true(n_steps + 1, lambda i: space.macs(counts_at(i)) > budget)
+    """The last of a growing family ``counts_at(0..n_steps)`` within budget (``counts_at(0)`` is).
+
+    Its MACs grow with the step, so the first step over budget is a bisection of that monotone table.
+    """
+    over = bisect.bisect_right(range(n_steps + 1), budget, key=lambda i: space.macs(counts_at(i)))
     return counts_at(max(over - 1, 0))
 
 
@@ -83,27 +75,35 @@ def uniform_counts(space: PrunableSpace, fraction: float) -> np.ndarray:
     return _largest(len(grid) - 1, lambda i: space.counts(np.full(n, grid[i])), space, fraction * space.base.macs)
 
 
-def global_counts(space: PrunableSpace, fraction: float, scores: dict[str, np.ndarray]) -> np.ndarray:
-    """Kept channels when one threshold on mean-normalised scores is applied to every group."""
+def global_counts(space: PrunableSpace, fraction: float, scores: Mapping[str, np.ndarray], *,
+                  normalise: bool = True) -> np.ndarray:
+    """Kept channels when one threshold on the scores of all groups is applied to every group.
+
+    ``normalise`` divides each group's scores by their mean first, so that layers of different
+    scale compare (weight norms, Taylor terms); without it the scores are ranked as they are,
+    for scores comparable across groups already (keep probabilities).
+    """
     check_target(space, fraction)
-    floor = space.counts(np.full(len(space.searchable), space.spec.bounds[0]))
-    ceil = space.counts(np.full(len(space.searchable), space.spec.bounds[1]))
-    normed = [scores[g.name] / scores[g.name].mean() if scores[g.name].mean() > 0 else np.ones(g.channels)
-              for g in space.searchable]
-    owner = np.concatenate([np.full(g.channels, j) for j, g in enumerate(space.searchable)])
-    ranking = owner[np.argsort(-np.concatenate(normed), kind="stable")]  # ties: earlier groups first
-    step = np.minimum(space.spec.round, [g.channels for g in space.searchable])
+    n = len(space.searchable)
+    floor = space.counts(np.full(n, space.spec.bounds[0]))
+    ceil = space.counts(np.full(n, space.spec.bounds[1]))
+    if normalise:
+        flat = [scores[g.name] / scores[g.name].mean() if scores[g.name].mean() > 0 else np.ones(g.channels)
+                for g in space.searchable]
+    else:
+        flat = [np.asarray(scores[g.name], dtype=np.float64) for g in space.searchable]
+    owner = np.repeat(np.arange(n), space.channels)
+    ranking = owner[np.argsort(-np.concatenate(flat), kind="stable")]  # ties: earlier groups first
+    step = np.minimum(space.spec.round, space.channels)
 
     def counts_at(i: int) -> np.ndarray:
-        kept = np.bincount(ranking[:i], minlength=len(space.searchable))
+        kept = np.bincount(ranking[:i], minlength=n)
         return np.clip(np.ceil(kept / step) * step, floor, ceil).astype(np.int64)
 
-    if space.macs(counts_at(0)) > fraction * space.base.macs:
-        return floor
     return _largest(len(ranking), counts_at, space, fraction * space.base.macs)
 
 
-def counts_for_target(space: PrunableSpace, fraction: float, method: str, scores: dict[str, np.ndarray]) -> np.ndarray:
+def counts_for_target(space: PrunableSpace, fraction: float, method: str, scores: Mapping[str, np.ndarray]) -> np.ndarray:
     """Kept channels per searchable group that meet ``fraction`` of the MACs by ``method``."""
     if method == "uniform":
         return uniform_counts(space, fraction)

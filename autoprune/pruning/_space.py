@@ -7,6 +7,7 @@ import fnmatch
 import os
 import weakref
 from collections import defaultdict
+from functools import cached_property
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cost import Cost, CostModel
+from ._cost import Cost, CostModel
 from ..errors import AutopruneError, PolicyError
 from ..models import ModelInfo, get_model_info
 from ._criteria import channel_scores, taylor_gradients
@@ -69,9 +70,13 @@ class PrunableSpace:
         """Names of the searchable groups, in forward order."""
         return [g.name for g in self.searchable]
 
-    @property
-    def channels(self) -> np.ndarray:  # TEMP until wt-engine lands
-        return np.array([g.channels for g in self.searchable])
+    @cached_property
+    def channels(self) -> np.ndarray:
+        """Channels of each searchable group, in forward order (int64, read-only): the denominator of
+        every keep ratio and the ceiling of every count, asked for on every episode and budget."""
+        full = np.array([g.channels for g in self.searchable], dtype=np.int64)
+        full.flags.writeable = False
+        return full
 
     def _selected(self, group: Group) -> bool:
         if self.spec.name == AUTO_SPACE and any(
@@ -87,10 +92,9 @@ class PrunableSpace:
         if r.shape != (len(self.searchable),):
             raise AutopruneError(f"Expected {len(self.searchable)} keep ratios for space {self.name!r}, but got shape {r.shape}.")
         lo, hi = self.spec.bounds
-        full = np.array([g.channels for g in self.searchable])
-        step = np.minimum(self.spec.round, full)
-        n = np.round(np.clip(r, lo, hi) * full / step) * step
-        return np.clip(n, step, full).astype(np.int64)
+        step = np.minimum(self.spec.round, self.channels)
+        n = np.round(np.clip(r, lo, hi) * self.channels / step) * step
+        return np.clip(n, step, self.channels).astype(np.int64)
 
     def count_options(self, j: int) -> np.ndarray:
         """Every kept-channel count searchable group ``j`` can take within the bounds, ascending."""

@@ -29,7 +29,7 @@ def ratios_figure(view: RunView, path: Path) -> Path | None:
     plt = _pyplot()
     first = next(iter(view.policies.values()))
     space = space_for(create(first.arch, num_classes=first.num_classes).eval(), first.arch, first.space)
-    channels = np.array([g.channels for g in space.searchable])
+    channels = space.channels
     targets = sorted(view.policies)
     fig, axes = plt.subplots(len(targets), 1, figsize=(max(6, 0.3 * len(channels)), 2.6 * len(targets)),
                              squeeze=False)

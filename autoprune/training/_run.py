@@ -36,8 +36,8 @@ from ..data import DeviceLoader, load_dataset, make_splits
 from ..errors import AutopruneError, CheckpointError
 from ..evaluate import Evaluator
 from ..models import create, get_model_info
-from ..policy import Policy, apply
-from ..pruning import space_for
+from ..policy import Policy
+from ..pruning import apply, space_for
 from ._config import TrainConfig
 from ._loop import Trainer
 from ._run_dir import METRIC_FIELDS, RunDir, resume_config

@@ -1,19 +1,19 @@
-"""One-shot pruning to a budget: the `autoprune prune` command as a library call."""
+"""Physical pruning as library calls: ``prune`` to a budget (the `autoprune prune` command), ``apply`` a policy."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from .errors import unknown_name
-from .policy import Policy, make_policy
-from .pruning import METHODS, check_target, counts_for_target, parse_target, space_for
+from ..errors import unknown_name
+from ..policy import Policy, policy_for
+from ._budget import METHODS, check_target, counts_for_target, parse_target
+from ._space import space_for
 
-__all__ = ["prune"]
+__all__ = ["apply", "prune"]
 
 
 def prune(
@@ -41,11 +41,18 @@ def prune(
     fraction = parse_target(target, sp.base.macs)
     check_target(sp, fraction)
     scores = sp.scores(criterion, batches=batches, seed=seed)
-    counts = counts_for_target(sp, fraction, method, scores)
-    kept = sp.select(counts, scores)
-    ratios = np.array(counts) / np.array([g.channels for g in sp.searchable])
-    num_classes = model.get_submodule(sp.info.classifier).out_features
-    policy = make_policy(sp, ratios, kept, dataset=dataset, num_classes=num_classes, checkpoint=checkpoint,
-                         criterion=criterion, target={"metric": "macs", "fraction": fraction},
-                         provenance={"agent": method, "seed": seed})
+    kept = sp.select(counts_for_target(sp, fraction, method, scores), scores)
+    policy = policy_for(sp, kept, target=fraction, dataset=dataset, checkpoint=checkpoint, criterion=criterion,
+                        provenance={"agent": method, "seed": seed})
     return policy, sp.apply(kept)
+
+
+def apply(model: nn.Module, policy: Policy) -> nn.Module:
+    """A new, physically smaller model: ``model`` pruned as ``policy`` says (``model`` is untouched).
+
+    The dependency structure of ``model`` is traced on first use and cached
+    with it, so applying many policies to the same model costs no tracing.
+    """
+    space = space_for(model, policy.arch, policy.space)
+    policy.validate(space)
+    return space.apply(policy.channels)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from .pruning._discover import Group
+from ._discover import Group
 
 __all__ = ["Cost", "CostModel"]
 
