@@ -5,7 +5,7 @@ handcrafted baselines, the commands) uses of the engine is named here; the
 modules behind it are private.
 """
 
-from ._budget import METHODS, check_target, counts_for_target, global_counts, parse_target, reachable, uniform_counts
+from ._budget import ALLOCATIONS, check_target, counts_for_target, global_counts, parse_target, reachable, uniform_counts
 from ._cost import Cost, CostModel
 from ._criteria import CRITERIA, channel_scores, taylor_gradients
 from ._discover import Group, Member
@@ -17,7 +17,7 @@ from ._spec import SpaceSpec
 
 __all__ = [
     # budgets
-    "METHODS", "check_target", "counts_for_target", "global_counts", "parse_target", "reachable", "uniform_counts",
+    "ALLOCATIONS", "check_target", "counts_for_target", "global_counts", "parse_target", "reachable", "uniform_counts",
     # the cost model
     "Cost", "CostModel",
     # channel-selection criteria

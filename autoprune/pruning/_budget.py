@@ -18,9 +18,10 @@ import numpy as np
 from ..errors import BudgetError, unknown_name
 from ._space import PrunableSpace
 
-__all__ = ["parse_target", "check_target", "reachable", "uniform_counts", "global_counts", "METHODS", "counts_for_target"]
+__all__ = ["parse_target", "check_target", "reachable", "uniform_counts", "global_counts", "ALLOCATIONS", "counts_for_target"]
 
-METHODS = ("uniform", "global")
+# how `prune --method` spreads a budget over the groups (not the handcrafted methods of autoprune.baselines)
+ALLOCATIONS = ("uniform", "global")
 _SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9}
 
 
@@ -109,4 +110,4 @@ def counts_for_target(space: PrunableSpace, fraction: float, method: str, scores
         return uniform_counts(space, fraction)
     if method == "global":
         return global_counts(space, fraction, scores)
-    raise unknown_name("method", method, METHODS)
+    raise unknown_name("method", method, ALLOCATIONS)

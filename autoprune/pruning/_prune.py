@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import unknown_name
 from ..policy import Policy, policy_for
-from ._budget import METHODS, check_target, counts_for_target, parse_target
+from ._budget import ALLOCATIONS, check_target, counts_for_target, parse_target
 from ._space import space_for
 
 __all__ = ["apply", "prune"]
@@ -35,8 +35,8 @@ def prune(
     on ``criterion``. Channels within each group are chosen by ``criterion``.
     Returns the policy and the physically pruned copy (``model`` is untouched).
     """
-    if method not in METHODS:
-        raise unknown_name("method", method, METHODS)
+    if method not in ALLOCATIONS:
+        raise unknown_name("method", method, ALLOCATIONS)
     sp = space_for(model, arch, space)
     fraction = parse_target(target, sp.base.macs)
     check_target(sp, fraction)

@@ -30,7 +30,7 @@ from ..baselines import Context, Outcome, criterion_scores, get_method
 from ..checkpoints import file_sha256
 from ..env import PruningEnv
 from ..errors import AutopruneError
-from ..policy import Policy, make_policy
+from ..policy import Policy, policy_for
 from ..pruning import PrunableSpace, space_for
 from ._run_dir import RunDir
 from ._searcher import Proposals, Searcher
@@ -98,14 +98,12 @@ class HandcraftedSearcher(Searcher):
             if name not in kept or len(kept[name]) != n:
                 raise AutopruneError(f"Method {preset.algorithm!r} answered {n} channels for group {name!r} but "
                                      f"kept {len(kept.get(name, []))} indices; its counts and kept indices must agree.")
-        num_classes = space.model.get_submodule(space.info.classifier).out_features
-        policy = make_policy(source, counts / space.channels, kept, dataset=evaluator.dataset.name,
-                             num_classes=num_classes, checkpoint=checkpoint, criterion=preset.criterion,
-                             target={"metric": "macs", "fraction": target}, provenance=provenance)
+        policy = policy_for(source, kept, target=target, dataset=evaluator.dataset.name, checkpoint=checkpoint,
+                            criterion=preset.criterion, provenance=provenance)
         if outcome.macs is not None:  # more removed than whole channels (zeroed kernels): the method's count
             policy.provenance["channel_macs"] = policy.macs
             policy.macs = int(outcome.macs)
-        model = evaluator.ready(evaluator.prepare(source.apply(policy.channels)))
+        model = evaluator.judge(source, policy.channels)
         policy.accuracy.update({"holdout": evaluator.holdout(model).top1, "test": evaluator.test(model).top1})
         run.log(f"target {target:g}: {policy.macs_fraction:.4f} of the MACs, holdout top-1 "
                 f"{policy.accuracy['holdout']:.4f} ({elapsed:.1f} s)")

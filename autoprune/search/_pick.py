@@ -88,6 +88,6 @@ def _rejudge(config: SearchConfig, env: PruningEnv, target: float, pool: list[Ca
 
 def uniform_reference(env: PruningEnv, target: float) -> tuple[float, float]:
     """Holdout and test accuracy of the uniform-L1 policy at ``target``, the column beside every agent's pick."""
-    space, evaluator = env.space, env.evaluator
-    reference = evaluator.ready(evaluator.prepare(space.apply(env.policy(uniform_counts(space, target), target).channels)))
+    evaluator = env.evaluator
+    reference = evaluator.judge(env.space, env.policy(uniform_counts(env.space, target), target).channels)
     return evaluator.holdout(reference).top1, evaluator.test(reference).top1

@@ -65,7 +65,7 @@ def export_policy(run_dir: str | os.PathLike[str], target: float, out: str | os.
     preset, env, evaluator, space = setup(config)
     counts = searcher_for(config, preset).export(env, RunDir(Path(run_dir)), target)
     policy = env.policy(counts, target, provenance={"agent": config.agent, "exported_from": str(run_dir)})
-    model = evaluator.ready(evaluator.prepare(space.apply(policy.channels)))
+    model = evaluator.judge(space, policy.channels)
     policy.accuracy["holdout"] = evaluator.holdout(model).top1
     policy.save(out or Path(run_dir) / f"policy-{target:g}.json")
     return policy
