@@ -47,8 +47,11 @@ def make_sampler(preset: Preset, seed: int) -> Any:
     if algorithm == "tpe":
         return s.TPESampler(n_startup_trials=preset.warmup_episodes, seed=seed, **hp)
     if algorithm == "cmaes":
-        return s.CmaEsSampler(n_startup_trials=max(preset.warmup_episodes, 1), seed=seed,
-                              warn_independent_sampling=False, **hp)
+        from ._cmaes import SafeCmaEsSampler
+
+        # Optuna's own would unpickle the CMA state stored in the study; this one reads it as data only
+        return SafeCmaEsSampler(n_startup_trials=max(preset.warmup_episodes, 1), seed=seed,
+                                warn_independent_sampling=False, **hp)
     if algorithm == "random":
         return s.RandomSampler(seed=seed, **hp)
     if algorithm == "qmc":

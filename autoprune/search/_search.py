@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._io import write_json
+from .._io import reading, write_json
 from .._table import format_table
 from ..checkpoints import load_model
 from ..env import EnvConfig, PruningEnv
@@ -102,7 +102,7 @@ class SearchResult:
 def setup(config: SearchConfig) -> tuple[Preset, PruningEnv, Evaluator, Any]:
     """The preset, environment, evaluator and prunable space a run of ``config`` uses."""
     if config.preset:  # a run being resumed: the preset as resolved when it started, whatever the YAML says now
-        preset = Preset(**{**config.preset, "targets": tuple(config.preset["targets"])})
+        preset = _saved_preset(config)
     else:
         preset = load_preset(config.agent, episodes=config.episodes, multi_fidelity=config.multi_fidelity)
         if config.targets:  # a multi-target preset keeps its range and adds the asked targets
@@ -122,6 +122,10 @@ def setup(config: SearchConfig) -> tuple[Preset, PruningEnv, Evaluator, Any]:
     env = PruningEnv(space, evaluator, EnvConfig(targets=preset.targets, reward=preset.reward, criterion=criterion),
                      dataset=evaluator.dataset.name, checkpoint=sha)
     return preset, env, evaluator, space
+
+
+def _saved_preset(config: SearchConfig) -> Preset:
+    return Preset(**{**config.preset, "targets": tuple(config.preset["targets"])})
 
 
 def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False) -> SearchResult:
@@ -220,12 +224,15 @@ def uniform_reference(env: PruningEnv, evaluator: Evaluator, space: Any, target:
 
 def resume_config(run_dir: str | os.PathLike[str], arch: str | None = None, space: str | None = None) -> SearchConfig:
     """The configuration of the run in ``run_dir``; refuses an ``arch``/``space`` that differs from it."""
-    _, saved = RunDir.open(Path(run_dir))
+    run, saved = RunDir.open(Path(run_dir))
     for key, given in (("arch", arch), ("space", space)):
         if given is not None and given != saved.get(key):
             raise AutopruneError(f"{run_dir} is a run for {key} {saved.get(key)!r}, not {given!r}; "
                                  f"resume it without --{key}, or start a new run.")
-    return SearchConfig(**saved)
+    with reading(run.path / "config.yaml", "Run configuration", hint="Restore it from a copy of the run."):
+        config = SearchConfig(**saved)
+        _saved_preset(config)
+    return config
 
 
 def export_policy(run_dir: str | os.PathLike[str], target: float, out: str | os.PathLike[str] | None = None) -> Policy:

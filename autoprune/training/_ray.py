@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .._io import write_bytes
+from .._io import load_torch, write_bytes
 from ..errors import AutopruneError
 from ..tune import (
     RayOptions,
@@ -53,7 +53,7 @@ def finetune_trial(config: dict[str, Any], after_epoch: Callable[[int], None] | 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / "last.pt", map_location="cpu", weights_only=True)
+            state = load_torch(Path(folder) / "last.pt", "Training checkpoint of the Tune trial")
 
     def report(end: EpochEnd) -> None:
         metrics = {k: v for k, v in end.metrics.items() if isinstance(v, (int, float))}
