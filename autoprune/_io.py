@@ -15,7 +15,6 @@ import pickle
 import re
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,7 +84,7 @@ def load_torch(path: str | os.PathLike[str], what: str, *, hint: str = "", **kwa
             f"({_unpickler_reason(str(e))}). autoprune reads only tensors and plain data from files and will not "
             f"load it. If you made it yourself, save tensors and plain containers only (e.g. a state_dict()).{_hint(hint)}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as e:
+    except Exception as e:  # garbage makes torch raise anything (an IndexError from its unpickler, ...)
         first = str(e).splitlines()[0] if str(e) else "empty or cut short"
         raise CheckpointError(f"{what} {path} cannot be read ({type(e).__name__}: {first}). Is the file complete and "
                               f"written by torch.save?{_hint(hint)}") from e
@@ -111,7 +110,7 @@ def load_npz(path: str | os.PathLike[str], what: str, *, hint: str = "") -> dict
     try:
         with np.load(path, allow_pickle=False) as data:
             return {name: data[name] for name in data.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    except Exception as e:  # as for torch files: whatever a damaged file makes numpy raise
         raise CheckpointError(f"{what} {path} cannot be read as arrays of numbers ({type(e).__name__}: {e})."
                               f"{_hint(hint)}") from e
 

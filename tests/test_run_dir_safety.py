@@ -36,6 +36,7 @@ from autoprune.errors import AutopruneError, CheckpointError, PolicyError
 from autoprune.policy import Policy
 from autoprune.search import export_policy, resume_config, search
 from autoprune.search._agent_files import read_agent, restore_agent, save_agent
+from autoprune.search._run_dir import RunDir
 from autoprune.training import make_config, train
 from autoprune.training import resume_config as train_resume_config
 
@@ -183,6 +184,15 @@ def test_unfinished_newer_checkpoints_are_removed_on_resume_only(run, rl_run):
     assert unfinished.is_dir()  # an export must not touch what a live search may be writing
     resume(run)
     assert not unfinished.exists() and rows(run) == rows(rl_run)
+
+
+def test_a_run_stopped_before_its_first_whole_checkpoint_starts_over(run, rl_run):
+    """Without ``latest`` every checkpoint folder is a write cut short; the episodes of that attempt go too."""
+    (run / "checkpoints" / "latest").unlink()
+    assert RunDir(run).latest_checkpoint() is None and (run / "checkpoints" / "ep-000004").is_dir()
+    resume(run)
+    assert rows(run) == rows(rl_run)  # not the first attempt's rows followed by the second's
+    assert (run / "checkpoints" / "latest").read_text() == "ep-000004"
 
 
 def test_a_checkpoint_of_pickles_from_an_older_autoprune_is_refused(run, marker):

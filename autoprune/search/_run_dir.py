@@ -121,12 +121,16 @@ class RunDir:
         damaged and the checkpoint before it is whole, that one is used and one
         line (stderr and log.txt) says so; otherwise a CheckpointError names
         the damaged file. ``resuming`` also removes folders newer than
-        ``latest``: writes that an interrupt cut short (never while another
-        process might still be writing one, e.g. for an export).
+        ``latest`` (all of them when there is no ``latest`` yet): writes that an
+        interrupt cut short. Only then: an export may run beside a live search
+        that is writing one.
         """
         checkpoints = self.path / "checkpoints"
         pointer = checkpoints / "latest"
-        if not pointer.is_file():
+        if not pointer.is_file():  # stopped before the first checkpoint was whole
+            if resuming:
+                for unfinished in checkpoints.glob("ep-*"):
+                    shutil.rmtree(unfinished)
             return None
         name = pointer.read_bytes().decode("utf-8", "replace").strip()
         if not _CHECKPOINT_NAME.fullmatch(name):
