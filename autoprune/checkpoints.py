@@ -1,7 +1,7 @@
 """Checkpoints: the registry of pretrained weights, safe loading, and pruned-model files.
 
-Every load goes through ``torch.load(..., weights_only=True)``: a checkpoint
-is data, never code. A pruned model is saved as its policy (plain JSON-like
+Every load goes through ``torch.load(..., weights_only=True)`` (``_io.load_torch``):
+a checkpoint is data, never code. A pruned model is saved as its policy (plain JSON-like
 data) plus a state dict, and rebuilt by replaying the policy on the zoo
 architecture, so loading it needs no pickled classes either.
 """
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.hub import download_url_to_file
 
-from ._io import save_torch
+from ._io import load_torch, save_torch
 from ._resources import cache_root
 from .errors import CheckpointError, unknown_name
 from .models import create
@@ -75,13 +75,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The state dict in a checkpoint file (plain, or under 'state_dict'/'model'), 'module.' prefixes removed."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
-        raise CheckpointError(f"Checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}). "
-                              "Is the file complete and a torch checkpoint?") from e
+    obj = load_torch(path, "Checkpoint")
     if isinstance(obj, dict) and obj.get("format") == PRUNED_FORMAT:
         raise CheckpointError(f"{path} is a pruned model written by autoprune: load it with load_pruned() "
                               "(on the command line: give --checkpoint without --arch).")
@@ -171,12 +165,7 @@ def save_pruned(path: str | os.PathLike[str], model: nn.Module, policy: Policy) 
 def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[nn.Module, Policy]:
     """Rebuild a model saved by :func:`save_pruned`: replay its policy on the zoo architecture, load weights."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Pruned checkpoint {path} does not exist.")
-    try:
-        obj: Any = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"Pruned checkpoint {path} cannot be read ({type(e).__name__}). Is the file complete?") from e
+    obj: Any = load_torch(path, "Pruned checkpoint", map_location=map_location)
     if not isinstance(obj, dict) or obj.get("format") != PRUNED_FORMAT:
         raise CheckpointError(f"{path} is not a pruned autoprune checkpoint (format {PRUNED_FORMAT}).")
     policy = Policy.from_dict(obj["policy"], source=str(path))

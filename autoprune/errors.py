@@ -37,7 +37,8 @@ class DataError(AutopruneError):
 
 
 class CheckpointError(AutopruneError):
-    """Raised when a checkpoint is corrupt, fails its hash, or belongs to another architecture."""
+    """Raised when a checkpoint or run file is damaged, holds objects or code instead of data (autoprune never
+    loads those), fails its hash, or belongs to another architecture or run."""
 
 
 class PolicyError(AutopruneError):

@@ -12,7 +12,10 @@ from scipy import stats
 from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from autoprune.search._amc_ddpg import AMCDDPG, EpisodeRewardReplayBuffer, TruncatedNormalNoise
+from autoprune.search._agent_files import read_agent, restore_agent, save_agent
+from autoprune.search._amc_ddpg import AMCDDPG
+from autoprune.search._noise import TruncatedNormalNoise
+from autoprune.search._replay import EpisodeRewardReplayBuffer, buffer_state, load_buffer_state
 
 T = 5
 LOW, HIGH = 0.2, 1.0
@@ -107,11 +110,14 @@ def test_baseline_arithmetic_and_staging():
     assert buf.pos == 3 * T and len(buf.staged) == 3
 
 
-def test_buffer_pickle_keeps_staged_episode_and_baseline():
+def test_buffer_state_keeps_staged_episode_and_baseline(tmp_path):
     buf = toy_buffer(baseline_decay=0.9)
     add_episode(buf, 0.6)
     add_episode(buf, 0.0, steps=2, finish=False)
-    clone = pickle.loads(pickle.dumps(buf))
+    np.savez(tmp_path / "buffer.npz", **buffer_state(buf))
+    clone = toy_buffer(baseline_decay=0.9)
+    with np.load(tmp_path / "buffer.npz", allow_pickle=False) as saved:
+        load_buffer_state(clone, dict(saved))
     assert clone.baseline == buf.baseline and clone.baseline_decay == 0.9 and len(clone.staged) == 2
     for b in (buf, clone):  # finish the episode in both: identical contents
         for t in range(2, T):
@@ -229,16 +235,15 @@ def test_save_load_resumes_exactly(tmp_path):
         first_env = ToyPruneEnv()
         first = make(first_env)
         first.learn(k * T)
-        first.save(tmp_path / "agent.zip")
-        first.save_replay_buffer(tmp_path / "buffer.pkl")
+        save_agent(first, tmp_path / "agent")
         sigma, baseline = first.action_noise.sigma, first.replay_buffer.baseline
         np.random.rand(7)  # disturb the global generators: load must restore them
         torch.rand(7)
         del first
 
         second_env = ToyPruneEnv()
-        resumed = AMCDDPG.load(tmp_path / "agent.zip", env=second_env, device="cpu")
-        resumed.load_replay_buffer(tmp_path / "buffer.pkl")
+        resumed = make(second_env)  # built afresh from the same settings, then given the saved state
+        restore_agent(resumed, read_agent(tmp_path / "agent"))
         assert resumed.action_noise.sigma == sigma and resumed.replay_buffer.baseline == baseline
         assert resumed.critic.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
         resumed.learn(m * T, reset_num_timesteps=False)
@@ -251,12 +256,13 @@ def test_save_load_resumes_exactly(tmp_path):
         torch.use_deterministic_algorithms(False)
 
 
-def test_load_without_env_predicts(tmp_path):
+def test_restored_agent_predicts_as_the_saved_one(tmp_path):
     model = make(warmup_episodes=1)
     model.learn(2 * T)
-    model.save(tmp_path / "agent.zip")
+    save_agent(model, tmp_path / "agent")
     obs = np.array([[0.4, 0.6]], dtype=np.float32)
-    loaded = AMCDDPG.load(tmp_path / "agent.zip", device="cpu")
+    loaded = make(warmup_episodes=1)
+    restore_agent(loaded, read_agent(tmp_path / "agent"))
     np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import pickle
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
@@ -46,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import save_torch
+from .._io import load_torch, save_torch
 from ..errors import AutopruneError, CheckpointError, unknown_name
 from ..training import Trainer
 from ._compress_rate import conv_rates, mask_count, parse_compress_rate, uniform_rate
@@ -108,10 +107,7 @@ def load_masks(path: str | Path, layers: Layers) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"DExp: the mask file {path} (resume_mask) does not exist.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"DExp: {path} is not a readable mask file ({e}).") from e
+    obj = load_torch(path, "DExp: the mask file")
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) and v.dtype == torch.bool for v in obj.values()):
         raise CheckpointError(f"DExp: {path} must hold a dict of bool tensors (conv name -> (filters, channels)).")
     convs = {c.name: c for c in layers.convs}

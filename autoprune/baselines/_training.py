@@ -14,7 +14,6 @@ mixed in.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Protocol
@@ -22,8 +21,8 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from .._io import save_torch
-from ..errors import AutopruneError, CheckpointError
+from .._io import load_torch, save_torch
+from ..errors import AutopruneError
 from ..training import Recipe, Trainer
 from ._method import Context, train_loader
 from ._settings import check, is_int, is_number
@@ -108,10 +107,7 @@ def train_resumable(context: Context, model: nn.Module, settings: TrainSettings,
                    **(identity or {})}
     history: list[dict[str, Any]] = []
     if path.exists():
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path} is not a readable {method} checkpoint ({e}); delete it to start over.") from e
+        saved = load_torch(path, f"The {method} checkpoint", hint="Delete it to start over.")
         if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
             found = saved.get("fingerprint") if isinstance(saved, dict) else None
             raise AutopruneError(f"{path} was written with other settings ({found}, now {fingerprint}); delete it to "

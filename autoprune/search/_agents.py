@@ -1,4 +1,10 @@
-"""Build and reload the stable-baselines3 agents named by presets (imported only when used)."""
+"""Build, save and reload the stable-baselines3 agents named by presets (imported only when used).
+
+An agent is saved as data files (:mod:`._agent_files`), never pickled, and
+reloaded by building it afresh from its preset and seed and putting that
+state back, so a run directory from anywhere can be resumed without running
+code from it.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from ..env import PruningEnv
+from ._agent_files import read_agent, restore_agent, save_agent
 from ._preset import Preset
 from ._registry import load_entry_point
 
-__all__ = ["build_agent", "load_agent", "episodes_per_learn", "total_episodes"]
-
-
-def _classes(algorithm: str) -> Any:
-    from ._registry import get_algorithm
-    return load_entry_point(get_algorithm(algorithm).entry_point)
+__all__ = ["build_agent", "load_agent", "save_agent", "episodes_per_learn", "total_episodes"]
 
 
 def episodes_per_learn(preset: Preset) -> int:
@@ -32,7 +34,7 @@ def total_episodes(preset: Preset) -> int:
 
 def build_agent(preset: Preset, env: PruningEnv, seed: int) -> Any:
     """A fresh agent for ``env``. Agents are small MLPs: they run on the CPU, the models on the device."""
-    cls = _classes(preset.algorithm)
+    cls = load_entry_point(preset.spec.entry_point)
     hp = dict(preset.hyperparameters)
     common: dict[str, Any] = dict(seed=seed, device="cpu", verbose=0)
     steps = env.n
@@ -49,9 +51,13 @@ def build_agent(preset: Preset, env: PruningEnv, seed: int) -> Any:
 
 
 def load_agent(preset: Preset, env: PruningEnv, path: Path) -> Any:
-    """Reload an agent saved by ``agent.save(path)``, attached to ``env``, with its replay buffer if any."""
-    agent = _classes(preset.algorithm).load(path / "agent.zip", env=env, device="cpu")
-    buffer = path / "replay.pkl"
-    if buffer.exists():
-        agent.load_replay_buffer(buffer)
+    """The agent :func:`save_agent` wrote into the folder ``path``, attached to ``env``.
+
+    It continues exactly as the saved one would, replay buffer and random
+    generators included (the process-global ones are set back too). A damaged
+    or foreign file raises :class:`~autoprune.errors.CheckpointError` naming it.
+    """
+    files = read_agent(path)
+    agent = build_agent(preset, env, files.seed)
+    restore_agent(agent, files)
     return agent

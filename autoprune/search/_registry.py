@@ -80,7 +80,7 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("sac", RL, "stable_baselines3:SAC", family="off-policy"),
     Algorithm("ppo", RL, "stable_baselines3:PPO", family="on-policy"),
     Algorithm("tpe", OPTUNA, "optuna.samplers:TPESampler"),
-    Algorithm("cmaes", OPTUNA, "optuna.samplers:CmaEsSampler"),
+    Algorithm("cmaes", OPTUNA, "autoprune.search._cmaes:SafeCmaEsSampler"),  # reads its state as data
     Algorithm("random", OPTUNA, "optuna.samplers:RandomSampler"),
     Algorithm("qmc", OPTUNA, "optuna.samplers:QMCSampler", one_seed=True),
     Algorithm("nsga2", OPTUNA, "optuna.samplers:NSGAIISampler", one_study=True),

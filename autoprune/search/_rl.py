@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .._io import reading
 from ..env import PruningEnv
 from ..errors import AutopruneError
 from ._agents import build_agent, episodes_per_learn, load_agent, total_episodes
@@ -65,16 +66,18 @@ def _callback(tracker: Tracker) -> Any:
 
 def run_rl(preset: Preset, env: PruningEnv, run: RunDir, tracker: Tracker, seed: int, resume: bool) -> Any:
     """Train (or keep training) the preset's agent for its episodes; returns the agent."""
-    checkpoint = run.latest_checkpoint() if resume else None
+    checkpoint = run.latest_checkpoint(resuming=True) if resume else None
     if checkpoint is None:
+        if resume:  # stopped before the first checkpoint: start over, without the rows of that attempt
+            run.truncate_episodes(0)
         env.reset(seed=seed)
         agent = build_agent(preset, env, seed)
         tracker.start(total_episodes(preset), 0, {})
     else:
         folder, state = checkpoint
-        env.load_state_dict(state["env"])
-        agent = load_agent(preset, env, folder)
-        RunDir.restore_rng(folder)  # after load(), which reseeds the global generators
+        with reading(folder / "state.yaml", "Checkpoint state"):
+            env.load_state_dict(state["env"])
+        agent = load_agent(preset, env, folder)  # sets the global generators back too
         # SB3 would reset the env with the seed again (restarting the target schedule); an
         # uninterrupted run resets without one at this point, so do the same.
         agent.get_env()._seeds = [None] * agent.get_env().num_envs

@@ -3,33 +3,43 @@
     runs/<id>/config.yaml          the resolved configuration (what --resume replays)
     runs/<id>/log.txt              human-readable progress
     runs/<id>/episodes.csv         one row per episode
-    runs/<id>/checkpoints/ep-N/    agent, replay buffer, env and RNG state after N episodes
+    runs/<id>/checkpoints/ep-N/    after N episodes: the agent (params.pt, agent.yaml, buffer.npz,
+                                   rng.pt: see ``_agent_files``) and state.yaml (episodes, the env's
+                                   evaluation cache and target schedule, the candidates so far)
     runs/<id>/checkpoints/latest   the name of the newest complete checkpoint
     runs/<id>/policy.json, policy-<target>.json   the final picks
 
 A checkpoint directory is written completely before ``latest`` points to it,
-so an interrupt at any moment leaves the previous checkpoint usable.
+so an interrupt at any moment leaves the previous checkpoint usable. Every
+file is data (YAML, ``.npz`` without pickles, weights-only torch files):
+resuming a run directory that came from elsewhere never runs code from it.
+A damaged newest checkpoint gives way to the one before it (two are kept).
 """
 
 from __future__ import annotations
 
 import csv
-import random
+import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import yaml
 
-from .._io import save_torch, write_bytes
-from ..errors import AutopruneError
+from .._io import read_yaml, reading, write_bytes
+from ..errors import AutopruneError, CheckpointError
+from ._agent_files import read_agent
+from ._agents import save_agent
 
 __all__ = ["RunDir", "EPISODE_FIELDS"]
 
 EPISODE_FIELDS = ["episode", "target", "reward", "accuracy", "macs_fraction", "params_fraction", "cached", "ratios"]
+
+_CHECKPOINT_NAME = re.compile(r"ep-\d{6}")
+_STATE_FORMAT = "autoprune-search-checkpoint-v1"
+_PICKLED = ("agent.zip", "replay.pkl")  # what autoprune wrote before checkpoints were data
 
 
 class RunDir:
@@ -47,19 +57,28 @@ class RunDir:
         if overwrite and run.path.exists():
             shutil.rmtree(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(config, sort_keys=False).encode()
-        write_bytes(run.path / "config.yaml", lambda f: f.write(text))
         with open(run.episodes_csv, "w", newline="") as f:
             csv.writer(f).writerow(EPISODE_FIELDS)
+        text = yaml.safe_dump(config, sort_keys=False).encode()  # last: config.yaml is what makes it a run
+        write_bytes(run.path / "config.yaml", lambda f: f.write(text))
         return run
 
     @classmethod
     def open(cls, path: Path) -> tuple[RunDir, dict[str, Any]]:
+        """An existing run and its saved configuration; refuses a folder that is not a whole run."""
         run = cls(path)
         config_file = run.path / "config.yaml"
         if not config_file.is_file():
             raise AutopruneError(f"{run.path} is not a search run (no config.yaml).")
-        return run, yaml.safe_load(config_file.read_text())
+        config = read_yaml(config_file, "Run configuration", hint="Restore it from a copy of the run.")
+        if not isinstance(config, dict):
+            raise CheckpointError(f"Run configuration {config_file} is damaged: it must be a mapping of settings, "
+                                  f"but holds {type(config).__name__}. Restore it from a copy of the run.")
+        if not run.episodes_csv.is_file():
+            raise CheckpointError(f"{run.path} has a config.yaml but no episodes.csv: the run directory is incomplete "
+                                  "(copied in part, or its creation was cut short). Copy the whole run, or start it "
+                                  "again with --overwrite.")
+        return run, config
 
     @property
     def episodes_csv(self) -> Path:
@@ -82,39 +101,81 @@ class RunDir:
 
     # -- checkpoints ----------------------------------------------------------
     def save_checkpoint(self, episodes: int, agent: Any, state: dict[str, Any]) -> None:
+        """Write the agent and ``state`` after ``episodes`` episodes, then point ``latest`` at them; keep two."""
         folder = self.path / "checkpoints" / f"ep-{episodes:06d}"
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        agent.save(folder / "agent.zip")
-        if hasattr(agent, "save_replay_buffer") and getattr(agent, "replay_buffer", None) is not None:
-            agent.save_replay_buffer(folder / "replay.pkl")
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-        save_torch(folder / "rng.pt", {"python": repr(rng["python"]), "numpy": [rng["numpy"][0], rng["numpy"][1].tolist(),
-                                        *rng["numpy"][2:]], "torch": rng["torch"]})
-        text = yaml.safe_dump(state, sort_keys=False).encode()
+        save_agent(agent, folder)
+        # the format last: a file cut short anywhere lacks it, so it never reads as a whole one
+        text = yaml.safe_dump({**state, "format": _STATE_FORMAT}, sort_keys=False).encode()
         write_bytes(folder / "state.yaml", lambda f: f.write(text))
         write_bytes(self.path / "checkpoints" / "latest", lambda f: f.write(folder.name.encode()))
         for old in sorted((self.path / "checkpoints").glob("ep-*"))[:-2]:
             shutil.rmtree(old)
 
-    def latest_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
-        """The newest complete checkpoint folder and its state, or None."""
-        pointer = self.path / "checkpoints" / "latest"
-        if not pointer.is_file():
+    def latest_checkpoint(self, *, resuming: bool = False) -> tuple[Path, dict[str, Any]] | None:
+        """The newest complete checkpoint folder and its state, or None when the run has none yet.
+
+        Every file of the checkpoint is read and checked first. When one is
+        damaged and the checkpoint before it is whole, that one is used and one
+        line (stderr and log.txt) says so; otherwise a CheckpointError names
+        the damaged file. ``resuming`` also removes folders newer than
+        ``latest`` (all of them when there is no ``latest`` yet): writes that an
+        interrupt cut short. Only then: an export may run beside a live search
+        that is writing one.
+        """
+        checkpoints = self.path / "checkpoints"
+        pointer = checkpoints / "latest"
+        if not pointer.is_file():  # stopped before the first checkpoint was whole
+            if resuming:
+                for unfinished in checkpoints.glob("ep-*"):
+                    shutil.rmtree(unfinished)
             return None
-        folder = self.path / "checkpoints" / pointer.read_text().strip()
-        return folder, yaml.safe_load((folder / "state.yaml").read_text())
+        name = pointer.read_bytes().decode("utf-8", "replace").strip()
+        if not _CHECKPOINT_NAME.fullmatch(name):
+            raise CheckpointError(f"{pointer} is damaged: it should name a checkpoint folder (ep-NNNNNN), but holds "
+                                  f"{name[:40]!r}. Write the name of the newest whole folder of {checkpoints} into it.")
+        pickled = [f for f in _PICKLED if (checkpoints / name / f).exists()]
+        if pickled:
+            raise CheckpointError(
+                f"{checkpoints / name} was written by an older autoprune that stored the agent as pickles "
+                f"({', '.join(pickled)}), which can run code when loaded: this run cannot be resumed or exported "
+                "safely. Start a new search (another --out).")
+        if resuming and (checkpoints / name).is_dir():  # (a pointer gone wrong says nothing about the others)
+            for unfinished in (f for f in checkpoints.glob("ep-*") if f.name > name):
+                shutil.rmtree(unfinished)
+        earlier = sorted(f for f in checkpoints.glob("ep-*") if _CHECKPOINT_NAME.fullmatch(f.name) and f.name < name)
+        damage = None
+        for folder in [checkpoints / name, *earlier[-1:]]:
+            try:
+                state = self._read_checkpoint(folder)
+            except CheckpointError as e:
+                damage = damage or e
+                continue
+            if damage is not None:
+                line = f"checkpoint {name} is damaged, using {folder.name} instead: {damage}"
+                print(line, file=sys.stderr)
+                self.log(line)
+            return folder, state
+        raise CheckpointError(f"{damage} No earlier whole checkpoint can replace it: restore the file from a copy of "
+                              "the run, or start a new search (another --out).")
 
     @staticmethod
-    def restore_rng(folder: Path) -> None:
-        """Put Python's, numpy's and torch's global generators back as they were at the checkpoint."""
-        rng = torch.load(folder / "rng.pt", weights_only=True)
-        random.setstate(_literal_tuple(rng["python"]))
-        np.random.set_state((rng["numpy"][0], np.array(rng["numpy"][1], dtype=np.uint32), *rng["numpy"][2:]))
-        torch.set_rng_state(rng["torch"])
-
-
-def _literal_tuple(text: str) -> tuple:
-    import ast
-    return ast.literal_eval(text)
+    def _read_checkpoint(folder: Path) -> dict[str, Any]:
+        """The state of the checkpoint in ``folder``, after reading and checking all its files."""
+        if not folder.is_dir():
+            raise CheckpointError(f"Checkpoint folder {folder} is missing.")
+        read_agent(folder)
+        file = folder / "state.yaml"
+        state = read_yaml(file, "Checkpoint state")
+        with reading(file, "Checkpoint state"):
+            if not isinstance(state, dict) or state.pop("format", None) != _STATE_FORMAT:
+                raise ValueError(f"not a whole checkpoint state of format {_STATE_FORMAT}")
+            if not isinstance(state["env"], dict):
+                raise TypeError("'env' must be a mapping")
+            if type(state["episodes"]) is not int or state["episodes"] < 0:
+                raise ValueError(f"episodes must be a count, not {state['episodes']!r}")
+            state["candidates"] = {float(t): [[float(r), [int(c) for c in counts]] for r, counts in pool]
+                                   for t, pool in state["candidates"].items()}
+        return state

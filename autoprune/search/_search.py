@@ -14,6 +14,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from .._io import reading
 from ..errors import AutopruneError
 from ..policy import Policy
 from ._config import SearchConfig, SearchResult
@@ -22,7 +23,7 @@ from ._preset import Preset
 from ._registry import load_entry_point
 from ._run_dir import RunDir
 from ._searcher import Searcher
-from ._session import setup
+from ._session import resolve_preset, setup
 
 __all__ = ["export_policy", "resume_config", "search", "searcher_for"]
 
@@ -48,12 +49,15 @@ def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = 
 
 def resume_config(run_dir: str | os.PathLike[str], arch: str | None = None, space: str | None = None) -> SearchConfig:
     """The configuration of the run in ``run_dir``; refuses an ``arch``/``space`` that differs from it."""
-    _, saved = RunDir.open(Path(run_dir))
+    run, saved = RunDir.open(Path(run_dir))
     for key, given in (("arch", arch), ("space", space)):
         if given is not None and given != saved.get(key):
             raise AutopruneError(f"{run_dir} is a run for {key} {saved.get(key)!r}, not {given!r}; "
                                  f"resume it without --{key}, or start a new run.")
-    return SearchConfig(**saved)
+    with reading(run.path / "config.yaml", "Run configuration", hint="Restore it from a copy of the run."):
+        config = SearchConfig(**saved)
+        resolve_preset(config)  # the saved preset must be one too
+    return config
 
 
 def export_policy(run_dir: str | os.PathLike[str], target: float, out: str | os.PathLike[str] | None = None) -> Policy:

@@ -9,23 +9,22 @@ and flips from a generator seeded with ``seed + e`` (:class:`DeviceLoader`).
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import _rng
 from ..data import DeviceLoader
 from ._recipe import Recipe
 
-__all__ = ["EpochStats", "Trainer", "kd_loss", "rng_state", "set_rng_state"]
+__all__ = ["EpochStats", "Trainer", "kd_loss"]
 
 
 @dataclass(frozen=True)
@@ -56,29 +55,6 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, 
     soft = F.kl_div(F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher / temperature, dim=1),
                     reduction="batchmean", log_target=True) * temperature ** 2
     return (1 - weight) * hard + weight * soft
-
-
-def rng_state() -> dict[str, Any]:
-    """The global generators (torch CPU and CUDA, Python, numpy) as tensors and plain containers."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state["numpy"] = [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_tuples(state["python"]))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuples(value: Any) -> Any:  # a checkpoint may hand Python's state back with lists for tuples
-    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 class Trainer:
@@ -168,7 +144,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state()}
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": _rng.capture()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict`; afterwards the run goes on as if never interrupted."""
@@ -177,5 +153,5 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"]:  # empty when written on CPU, where the scaler is off
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        _rng.restore(state["rng"])
         self.epoch = int(state["epoch"])

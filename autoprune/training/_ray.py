@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .._io import load_torch
 from ..errors import AutopruneError
 from ..tune import ExperimentDir, RayOptions, TrialOutcome, run_experiment
 from ._config import TrainConfig, make_config
@@ -46,7 +47,7 @@ def finetune_trial(config: dict[str, Any], after_epoch: Callable[[int], None] | 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / "last.pt", map_location="cpu", weights_only=True)
+            state = load_torch(Path(folder) / "last.pt", "Training checkpoint of the Tune trial")
 
     def report(end: EpochEnd) -> None:
         metrics = {k: v for k, v in end.metrics.items() if isinstance(v, (int, float))}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._device import resolve_device
-from .._io import save_torch, write_json
+from .._io import load_torch, reading, save_torch, write_json
 from ..checkpoints import PRUNED_FORMAT, load_model, load_pruned, save_pruned
 from ..data import DeviceLoader, load_dataset, make_splits
 from ..errors import AutopruneError, CheckpointError
@@ -70,8 +69,8 @@ def _load_teacher(spec: str, arch: str, num_classes: int) -> nn.Module:
     """A checkpoint of ``arch`` or "pretrained", or a pruned model file (any arch) written by autoprune."""
     if spec != "pretrained" and Path(spec).is_file():
         try:
-            obj = torch.load(spec, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):  # load_model below says why
+            obj = load_torch(spec, "KD teacher")
+        except CheckpointError:  # load_model below says why
             obj = None
         if isinstance(obj, dict) and obj.get("format") == PRUNED_FORMAT:
             teacher, policy = load_pruned(spec)
@@ -158,7 +157,7 @@ def train(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fa
         for stale in run.last.parent.glob(".*.tmp"):  # a write cut short by a kill
             stale.unlink()
         if state is None and run.last.is_file():
-            state = torch.load(run.last, map_location="cpu", weights_only=True)
+            state = load_torch(run.last, "Training checkpoint", hint=_RESTART)
     else:
         run = RunDir.create(out, config, policy, overwrite)
     splits = make_splits(len(data.train_labels), holdout=config.holdout, seed=config.seed)
@@ -174,6 +173,8 @@ def train(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fa
                       kd_weight=config.kd.weight if config.kd else 0.9)
     return _Session(config, run, trainer, evaluator, policy, state, resuming, progress, on_epoch_end).run()
 
+
+_RESTART = "Delete it to train this run again from the start, or restore it from a copy of the run."
 
 _TAGS = {"train_loss": "train/loss", "train_top1": "train/top1", "lr": "train/lr", "holdout_top1": "holdout/top1",
          "holdout_top5": "holdout/top5", "images_per_s": "speed/images_per_s"}  # metrics.csv column -> TensorBoard
@@ -193,7 +194,8 @@ class _Session:
 
         run, trainer, epochs = self.dir, self.trainer, self.config.recipe.epochs
         if self.state is not None:
-            trainer.load_state_dict(self.state)
+            with reading(run.last, "Training checkpoint", hint=_RESTART):
+                trainer.load_state_dict(self.state)
             run.truncate(trainer.epoch)
             run.log(f"resumed after epoch {trainer.epoch} (pid {os.getpid()} on {socket.gethostname()})")
         else:

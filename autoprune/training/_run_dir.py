@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .._io import write_bytes
+from .._io import read_yaml, reading, write_bytes
 from ..errors import AutopruneError
 from ..policy import Policy
 from ._config import TrainConfig
@@ -26,7 +26,10 @@ def resume_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise AutopruneError(f"{run_dir} is not a training run (no config.yaml).")
-    return TrainConfig.from_dict(yaml.safe_load(path.read_text()))
+    hint = "Restore it from a copy of the run."
+    data = read_yaml(path, "Training configuration", hint=hint)
+    with reading(path, "Training configuration", hint=hint):
+        return TrainConfig.from_dict(data)
 
 
 class RunDir:
