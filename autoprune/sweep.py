@@ -1,5 +1,6 @@
 """`autoprune sweep`: every (target, agent) cell searches, then fine-tunes its policy, as one Ray Tune trial.
 
+    OUT/autoprune-run.json           the marker of a run of autoprune (kind sweep; see autoprune._run_dir)
     OUT/config.yaml                  the cells and their settings (what --resume replays)
     OUT/<agent>-t<target>/search/    the cell's search run (a handcrafted preset, e.g. uniform: its one answer)
     OUT/<agent>-t<target>/finetune/  its fine-tune run
@@ -15,15 +16,12 @@ filesystem every node sees.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ._io import write_bytes
+from ._run_dir import RunDir
 from ._table import format_table
 from .errors import AutopruneError
 from .tune import (
@@ -142,30 +140,30 @@ def _cells(config: SweepConfig, out: Path, options: RayOptions) -> dict[str, dic
 
 
 def sweep(config: SweepConfig | None, out: str | os.PathLike[str], options: RayOptions, *, resume: bool = False,
-          overwrite: bool = False, trainable: Callable[[dict[str, Any]], None] = sweep_trial) -> list[TrialOutcome]:
-    """Run (or, with ``resume`` and no ``config``, continue) a sweep into ``out``; one outcome per cell."""
+          overwrite: bool = False, trainable: Callable[[dict[str, Any]], None] = sweep_trial,
+          cli_options: dict[str, Any] | None = None) -> list[TrialOutcome]:
+    """Run (or, with ``resume`` and no ``config``, continue) a sweep into ``out``; one outcome per cell.
+
+    ``out`` is checked before Ray starts (:class:`~autoprune._run_dir.RunDir`); ``cli_options`` are
+    command-line settings outside ``config`` (``{"report": False}``) kept for ``--resume``.
+    """
     out = Path(out).resolve()
     if resume:
-        if not (out / "config.yaml").is_file():
-            raise AutopruneError(f"{out} is not a sweep (no config.yaml).")
-        saved = yaml.safe_load((out / "config.yaml").read_text())
-        cells = saved["cells"]
-    elif (out / "config.yaml").exists() and not overwrite:
-        raise AutopruneError(f"{out} already holds a run; resume it with --resume {out}, or choose another --out "
-                             "(or pass --overwrite).")
+        run = RunDir.open(out, kind="sweep")
+        cells = run.read_config()["cells"]
+    else:
+        RunDir.check(out, kind="sweep", overwrite=overwrite)
     started = connect(options)
     try:
         options = resolve_gpus(options)
         if not resume:
             cells = _cells(config, out, options)
-            if overwrite and out.exists():
-                shutil.rmtree(out)
-            out.mkdir(parents=True, exist_ok=True)
-            text = yaml.safe_dump({"experiment": "sweep", "sweep": asdict(config), "ray": asdict(options),
-                                   "cells": cells}, sort_keys=False)
-            write_bytes(out / "config.yaml", lambda f: f.write(text.encode()))
+            run = RunDir.create(out, {"experiment": "sweep", "sweep": asdict(config), "ray": asdict(options),
+                                      "cells": cells}, kind="sweep", overwrite=overwrite, cli_options=cli_options)
         max_t = max(c["epochs"] or 1 for c in cells.values())
-        outcomes = run_trials(trainable, cells, out / "tune", options, max_t=max_t, resume=resume)
+        with run.cleanup_unless_started():  # kept as soon as a cell's search or fine-tune has started
+            outcomes = run_trials(trainable, cells, out / "tune", options, max_t=max_t, resume=resume)
+        run.mark_started()
     finally:
         if started:
             import ray

@@ -33,14 +33,14 @@ from ..evaluate import Evaluator
 from ..policy import Policy, make_policy
 from ..pruning import PrunableSpace, space_for
 from ._preset import Preset
-from ._run_dir import RunDir
+from ._run_dir import SearchRunDir
 from ._search import TABLE_HEADER, SearchConfig, SearchResult, uniform_reference
 
 __all__ = ["run_handcrafted"]
 
 
 def run_handcrafted(config: SearchConfig, preset: Preset, env: PruningEnv, evaluator: Evaluator,
-                    space: PrunableSpace, run: RunDir) -> SearchResult:
+                    space: PrunableSpace, run: SearchRunDir) -> SearchResult:
     """Run ``preset``'s method for every target without a policy file yet; report all targets."""
     method = get_method(preset.algorithm)  # a missing module fails before any work
     policies, references, rows, notes = {}, {}, [], []
@@ -79,12 +79,13 @@ def run_handcrafted(config: SearchConfig, preset: Preset, env: PruningEnv, evalu
 
 
 def _answer(method: Callable[[Context], Outcome], config: SearchConfig, preset: Preset, env: PruningEnv,
-            evaluator: Evaluator, space: PrunableSpace, run: RunDir, target: float) -> Policy:
+            evaluator: Evaluator, space: PrunableSpace, run: SearchRunDir, target: float) -> Policy:
     """Run the method at ``target`` and make its answer a measured Policy (saving its weights, if any)."""
     context = Context(model=space.model, space=space, evaluator=evaluator, target=target, criterion=preset.criterion,
                       hyperparameters=dict(preset.hyperparameters), work_dir=run.path / "method" / f"t{target:g}",
                       seed=config.seed)
     context.work_dir.mkdir(parents=True, exist_ok=True)
+    run.mark_started()  # the method's own files (method/t<target>) are worth resuming from here on
     run.log(f"target {target:g}: {preset.algorithm} ({preset.name}) started")
     started = time.perf_counter()
     outcome = method(context)

@@ -12,7 +12,7 @@ from typing import Any
 from ..env import PruningEnv
 from ._agents import build_agent, episodes_per_learn, load_agent, total_episodes
 from ._preset import Preset
-from ._run_dir import RunDir
+from ._run_dir import SearchRunDir
 from ._tracker import Tracker
 
 __all__ = ["run_rl", "rollout"]
@@ -31,7 +31,7 @@ def _callback(tracker: Tracker) -> Any:
     return EpisodeCallback()
 
 
-def run_rl(preset: Preset, env: PruningEnv, run: RunDir, tracker: Tracker, seed: int, resume: bool) -> Any:
+def run_rl(preset: Preset, env: PruningEnv, run: SearchRunDir, tracker: Tracker, seed: int, resume: bool) -> Any:
     """Train (or keep training) the preset's agent for its episodes; returns the agent."""
     checkpoint = run.latest_checkpoint() if resume else None
     if checkpoint is None:
@@ -42,7 +42,7 @@ def run_rl(preset: Preset, env: PruningEnv, run: RunDir, tracker: Tracker, seed:
         folder, state = checkpoint
         env.load_state_dict(state["env"])
         agent = load_agent(preset, env, folder)
-        RunDir.restore_rng(folder)  # after load(), which reseeds the global generators
+        SearchRunDir.restore_rng(folder)  # after load(), which reseeds the global generators
         # SB3 would reset the env with the seed again (restarting the target schedule); an
         # uninterrupted run resets without one at this point, so do the same.
         agent.get_env()._seeds = [None] * agent.get_env().num_envs

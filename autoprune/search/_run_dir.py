@@ -1,5 +1,6 @@
 """The run directory of a search: config, episode log, checkpoints, policies.
 
+    runs/<id>/autoprune-run.json   the marker of a run of autoprune (see autoprune._run_dir)
     runs/<id>/config.yaml          the resolved configuration (what --resume replays)
     runs/<id>/log.txt              human-readable progress
     runs/<id>/episodes.csv         one row per episode
@@ -14,9 +15,10 @@ so an interrupt at any moment leaves the previous checkpoint usable.
 from __future__ import annotations
 
 import csv
+import os
 import random
 import shutil
-import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,49 +27,32 @@ import torch
 import yaml
 
 from .._io import save_torch, write_bytes
-from ..errors import AutopruneError
+from .._run_dir import RunDir
 
-__all__ = ["RunDir", "EPISODE_FIELDS"]
+__all__ = ["SearchRunDir", "EPISODE_FIELDS"]
 
 EPISODE_FIELDS = ["episode", "target", "reward", "accuracy", "macs_fraction", "params_fraction", "cached", "ratios"]
 
 
-class RunDir:
-    """Files of one search run."""
+class SearchRunDir(RunDir):
+    """Files of one search run (claimed, replaced and resumed as :class:`autoprune._run_dir.RunDir` says)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    KINDS = ("search",)
 
     @classmethod
-    def create(cls, path: Path, config: dict[str, Any], overwrite: bool = False) -> RunDir:
-        run = cls(path)
-        if (run.path / "config.yaml").exists() and not overwrite:
-            raise AutopruneError(f"{run.path} already holds a run; resume it with --resume {run.path}, "
-                                 "or choose another --out (or pass --overwrite).")
-        if overwrite and run.path.exists():
-            shutil.rmtree(run.path)
-        run.path.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(config, sort_keys=False).encode()
-        write_bytes(run.path / "config.yaml", lambda f: f.write(text))
+    def create(cls, path: str | os.PathLike[str], config: Mapping[str, Any] | None = None, *,
+               kind: str | None = None, overwrite: bool = False,
+               cli_options: Mapping[str, Any] | None = None) -> SearchRunDir:
+        run = super().create(path, kind=kind, overwrite=overwrite, cli_options=cli_options)
         with open(run.episodes_csv, "w", newline="") as f:
             csv.writer(f).writerow(EPISODE_FIELDS)
+        if config is not None:
+            run.write_config(config)  # last: a run with a config.yaml has all its files
         return run
-
-    @classmethod
-    def open(cls, path: Path) -> tuple[RunDir, dict[str, Any]]:
-        run = cls(path)
-        config_file = run.path / "config.yaml"
-        if not config_file.is_file():
-            raise AutopruneError(f"{run.path} is not a search run (no config.yaml).")
-        return run, yaml.safe_load(config_file.read_text())
 
     @property
     def episodes_csv(self) -> Path:
         return self.path / "episodes.csv"
-
-    def log(self, message: str) -> None:
-        with open(self.path / "log.txt", "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def append_episode(self, row: dict[str, Any]) -> None:
         with open(self.episodes_csv, "a", newline="") as f:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._io import write_json
+from .._io import json_bytes
 from .._table import format_table
 from ..checkpoints import load_model
 from ..env import EnvConfig, PruningEnv
@@ -31,7 +31,7 @@ from ..pruning import space_for, uniform_counts
 from ._agents import load_agent
 from ._preset import Preset, load_preset
 from ._rl import rollout, run_rl
-from ._run_dir import RunDir
+from ._run_dir import SearchRunDir
 from ._tracker import Tracker
 
 __all__ = ["SearchConfig", "SearchResult", "export_policy", "resume_config", "search", "setup"]
@@ -74,6 +74,10 @@ class SearchConfig:
             raise AutopruneError(f"--top-k must be at least 1, but got {self.top_k}.")
         if self.workers < 1:
             raise AutopruneError(f"--workers must be at least 1, but got {self.workers}.")
+        if self.recal_batches < 1:
+            raise AutopruneError(f"--recal-batches must be at least 1 for a search, but got {self.recal_batches}: "
+                                 "the rewards would be meaningless, since BatchNorm statistics would not be "
+                                 "recalibrated after pruning and every pruned model scores near chance.")
 
 
 @dataclass
@@ -124,14 +128,30 @@ def setup(config: SearchConfig) -> tuple[Preset, PruningEnv, Evaluator, Any]:
     return preset, env, evaluator, space
 
 
-def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False) -> SearchResult:
-    """Run (or resume) a search into ``out`` and return the final policies per target."""
+def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False,
+           cli_options: dict[str, Any] | None = None) -> SearchResult:
+    """Run (or resume) a search into ``out`` and return the final policies per target.
+
+    ``out`` is claimed before the model and data load (:class:`~autoprune._run_dir.RunDir`: a user's
+    folder or another command's run is refused); a search that fails before its first episode removes
+    what it wrote, so the corrected command starts afresh instead of being told to resume the bad one.
+    ``cli_options`` are command-line settings outside ``config`` (``{"report": False}``) kept for ``--resume``.
+    """
+    if resume:
+        run = SearchRunDir.open(out)
+    else:
+        SearchRunDir.check(out, overwrite=overwrite)
     preset, env, evaluator, space = setup(config)
     config.preset = preset.to_dict()
-    if resume:
-        run, _ = RunDir.open(Path(out))
-    else:
-        run = RunDir.create(Path(out), asdict(config), overwrite=overwrite)
+    if not resume:
+        run = SearchRunDir.create(out, asdict(config), overwrite=overwrite, cli_options=cli_options)
+    with run.cleanup_unless_started():
+        return _search(config, run, preset, env, evaluator, space, resume)
+
+
+def _search(config: SearchConfig, run: SearchRunDir, preset: Preset, env: PruningEnv, evaluator: Evaluator,
+            space: Any, resume: bool) -> SearchResult:
+    """The search proper, in a run directory already claimed."""
     if preset.handcrafted:  # one answer per target, no search
         from ._handcrafted import run_handcrafted
 
@@ -157,7 +177,7 @@ def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = 
     return _finish(config, run, env, evaluator, space, candidates, agent, seconds, env.evaluations)
 
 
-def _finish(config: SearchConfig, run: RunDir, env: PruningEnv, evaluator: Evaluator, space: Any,
+def _finish(config: SearchConfig, run: SearchRunDir, env: PruningEnv, evaluator: Evaluator, space: Any,
             candidates: dict[float, list[list]], agent: Any, seconds: dict[str, float], evaluations: int
             ) -> SearchResult:
     rows, policies, references = [], {}, {}
@@ -192,19 +212,21 @@ def _finish(config: SearchConfig, run: RunDir, env: PruningEnv, evaluator: Evalu
                                 "select": select_acc, "holdout": holdout, "test": evaluator.test(model).top1})
         u_hold, u_test = references[target] = uniform_reference(env, evaluator, space, target)
         bar.update(2 + config.top_k - len(top))
-        policy.save(run.path / f"policy-{target:g}.json")
         policies[target] = policy
         rows.append((f"{target:g}", f"{policy.macs_fraction:.3f}", f"{policy.params_fraction:.3f}",
                      f"{100 * policy.accuracy['holdout']:.2f}", f"{100 * policy.accuracy['test']:.2f}",
                      f"{100 * u_hold:.2f}", f"{100 * u_test:.2f}"))
     bar.close()
     main = float(config.targets[0]) if config.targets else env.config.targets[0]
-    policies[main].save(run.path / "policy.json")  # the first target asked for
     table = format_table(TABLE_HEADER, rows)
     run.log("final\n" + table)
-    write_json(run.path / "result.json", {  # what the table and the log say, for scripts and reports
-        "evaluations": evaluations, "seconds": seconds,
-        "uniform": {f"{t:g}": {"holdout": h, "test": u} for t, (h, u) in references.items()}})
+    outputs = {  # all or none; the policy-<target>.json files, which say a search finished, go in last
+        "result.json": json_bytes({  # what the table and the log say, for scripts and reports
+            "evaluations": evaluations, "seconds": seconds,
+            "uniform": {f"{t:g}": {"holdout": h, "test": u} for t, (h, u) in references.items()}}),
+        "policy.json": json_bytes(policies[main].to_dict()),  # the first target asked for
+        **{f"policy-{t:g}.json": json_bytes(p.to_dict()) for t, p in policies.items()}}
+    run.write_outputs({name: lambda f, data=data: f.write(data) for name, data in outputs.items()})
     return SearchResult(run.path, policies, table, references, evaluations, seconds)
 
 
@@ -220,7 +242,7 @@ def uniform_reference(env: PruningEnv, evaluator: Evaluator, space: Any, target:
 
 def resume_config(run_dir: str | os.PathLike[str], arch: str | None = None, space: str | None = None) -> SearchConfig:
     """The configuration of the run in ``run_dir``; refuses an ``arch``/``space`` that differs from it."""
-    _, saved = RunDir.open(Path(run_dir))
+    saved = SearchRunDir.open(run_dir, writing=False).read_config()
     for key, given in (("arch", arch), ("space", space)):
         if given is not None and given != saved.get(key):
             raise AutopruneError(f"{run_dir} is a run for {key} {saved.get(key)!r}, not {given!r}; "
@@ -246,7 +268,7 @@ def export_policy(run_dir: str | os.PathLike[str], target: float, out: str | os.
         raise AutopruneError(f"The agent of {run_dir} was trained on targets {list(preset.targets)}; "
                              f"{target} is outside [{low}, {high}], where its answers are extrapolations. "
                              "Search again with that target.")
-    run = RunDir(Path(run_dir))
+    run = SearchRunDir(Path(run_dir))
     checkpoint = run.latest_checkpoint()
     if checkpoint is None:
         raise AutopruneError(f"{run_dir} has no checkpoint yet: nothing trained to export from.")

@@ -33,7 +33,7 @@ from ._optuna import (
     trial_seed,
 )
 from ._preset import Preset
-from ._run_dir import RunDir
+from ._run_dir import SearchRunDir
 from ._tracker import Tracker, episode_row
 
 __all__ = ["run_optuna", "studies", "export_front"]
@@ -178,7 +178,7 @@ def _parallel(study: Any, config: Any, storage_url: str, name: str, target: floa
                              "their errors are printed above. The study keeps what finished: --resume continues.")
 
 
-def _rewrite_episodes(run: RunDir, pairs: list[tuple[float | None, Any]], channels: np.ndarray,
+def _rewrite_episodes(run: SearchRunDir, pairs: list[tuple[float | None, Any]], channels: np.ndarray,
                       tracker: Tracker | None = None) -> tuple[int, int]:
     """episodes.csv (and, given ``tracker``, the TensorBoard curves) from the studies' completed trials.
 
@@ -221,7 +221,7 @@ def _candidates(pairs: list[tuple[float | None, Any]], targets: tuple[float, ...
     return candidates
 
 
-def run_optuna(config: Any, preset: Preset, env: PruningEnv, run: RunDir, tracker: Tracker, identity: dict[str, Any],
+def run_optuna(config: Any, preset: Preset, env: PruningEnv, run: SearchRunDir, tracker: Tracker, identity: dict[str, Any],
                resume: bool) -> dict[float, list[list]]:
     """Run the preset's studies to their length; returns the candidates per target."""
     url = config.storage or f"sqlite:///{(run.path / 'study.db').resolve()}"
@@ -258,7 +258,7 @@ def run_optuna(config: Any, preset: Preset, env: PruningEnv, run: RunDir, tracke
     return _candidates(pairs, preset.targets)
 
 
-def export_front(run: RunDir, env: PruningEnv, study: Any) -> list[Policy]:
+def export_front(run: SearchRunDir, env: PruningEnv, study: Any) -> list[Policy]:
     """NSGA-II's Pareto front (holdout accuracy on the reward part against MACs kept) as policies, CSV and plot."""
     import csv
 

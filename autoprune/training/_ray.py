@@ -1,5 +1,6 @@
 """Fine-tunes as Ray Tune trials: one trial per policy (`autoprune finetune --policy a.json b.json --ray`).
 
+    OUT/autoprune-run.json  the marker of a run of autoprune (kind finetune-ray; see autoprune._run_dir)
     OUT/config.yaml     the experiment: each trial's TrainConfig and the Ray options (what --resume replays)
     OUT/<trial>/        each trial's training run directory (the layout of a single run)
     OUT/tune/           Ray Tune's experiment: trial checkpoints, its own logs
@@ -14,15 +15,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .._io import write_bytes
+from .._run_dir import RunDir
 from ..errors import AutopruneError
 from ..tune import (
     RayOptions,
@@ -88,16 +86,14 @@ def finetune_on_ray(policies: Sequence[str | os.PathLike[str]], data_dir: str | 
     """Fine-tune every policy as one Tune trial; ``settings`` go to :func:`make_config`.
 
     ``preset="auto"`` means ``cifar`` when trials get a GPU, else ``cpu``.
-    Every policy is checked against its checkpoint before Ray starts.
+    Every policy, and ``out`` (:class:`~autoprune._run_dir.RunDir`), is checked before Ray starts.
     """
     from ..checkpoints import load_model
     from ..policy import Policy
     from ..pruning import space_for
 
     out = Path(out).resolve()
-    if (out / "config.yaml").exists() and not overwrite:
-        raise AutopruneError(f"{out} already holds a run; resume it with --resume {out}, or choose another --out "
-                             "(or pass --overwrite).")
+    RunDir.check(out, kind="finetune-ray", overwrite=overwrite)
     checked = {}
     for name, path in zip(_names(policies), policies):
         policy = Policy.load(path)
@@ -114,13 +110,12 @@ def finetune_on_ray(policies: Sequence[str | os.PathLike[str]], data_dir: str | 
         trials = {name: {"run_dir": str(out / name), "macs_fraction": macs, "threads": int(options.cpus_per_trial),
                          "train": make_config("finetune", data_dir, policy=path, preset=preset, **settings).to_dict()}
                   for name, (path, macs) in checked.items()}
-        if overwrite and out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump({"experiment": "finetune", "ray": asdict(options), "trials": trials}, sort_keys=False)
-        write_bytes(out / "config.yaml", lambda f: f.write(text.encode()))
+        run = RunDir.create(out, {"experiment": "finetune", "ray": asdict(options), "trials": trials},
+                            kind="finetune-ray", overwrite=overwrite)
         max_t = max(t["train"]["recipe"]["epochs"] for t in trials.values())
-        outcomes = run_trials(trainable, trials, out / "tune", options, max_t=max_t)
+        with run.cleanup_unless_started():  # kept as soon as a trial has finished an epoch
+            outcomes = run_trials(trainable, trials, out / "tune", options, max_t=max_t)
+        run.mark_started()
     finally:
         if started:
             import ray
@@ -131,11 +126,8 @@ def finetune_on_ray(policies: Sequence[str | os.PathLike[str]], data_dir: str | 
 
 def read_experiment(out: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The saved config of an experiment folder, or None when ``out`` holds a single training run."""
-    path = Path(out) / "config.yaml"
-    if not path.is_file():
-        raise AutopruneError(f"{out} is not a run (no config.yaml).")
-    data = yaml.safe_load(path.read_text())
-    return data if isinstance(data, dict) and "experiment" in data else None
+    run = RunDir.open(out, writing=False)
+    return run.read_config() if run.kind == "finetune-ray" else None
 
 
 def resume_experiment(out: str | os.PathLike[str], address: str | None = None, *,
@@ -145,9 +137,7 @@ def resume_experiment(out: str | os.PathLike[str], address: str | None = None, *
     ``address`` replaces the saved cluster address (a restarted cluster may have a new one).
     """
     out = Path(out).resolve()
-    saved = read_experiment(out)
-    if saved is None:
-        raise AutopruneError(f"{out} is a single training run, not a Tune experiment; resume it without --ray.")
+    saved = RunDir.open(out, kind="finetune-ray").read_config()
     options = RayOptions(**saved["ray"])
     if address is not None:
         options = replace(options, address=address)
