@@ -278,8 +278,7 @@ class RunDir:
             logger.info("replacing the %s run in %s (%s)", found.kind, path,
                         "not started" if not found.started else "--overwrite")
             for name in found.names:  # the folder itself stays: it may be a mount point or the working directory
-                entry = path / name
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                _delete(path / name)
         made = path
         while not made.parent.exists():
             made = made.parent
@@ -374,7 +373,7 @@ class RunDir:
                     folder = folder.parent
             else:
                 for entry in self.path.iterdir():
-                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                    _delete(entry)
         except OSError as e:  # the error being raised matters more; the marker still says "not started"
             logger.warning("could not remove %s after a failed start: %s", self.path, e)
 
@@ -386,6 +385,14 @@ class RunDir:
     def write_outputs(self, files: Mapping[str, Callable[[BinaryIO], Any]]) -> None:
         """Write final outputs (name -> ``f(binary file)``) so that all of them are in place or none is."""
         write_together({self.path / name: write for name, write in files.items()})
+
+
+def _delete(entry: Path) -> None:
+    """Remove a file, a link (not what it points to) or a folder tree."""
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
 
 
 def _version() -> str:
