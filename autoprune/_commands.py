@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
+from ._io import json_bytes
+from ._run_dir import RunDir
 from ._table import format_table
-from .checkpoints import PRETRAINED, load_model, load_pruned, save_pruned
+from .checkpoints import PRETRAINED, load_model, load_pruned, pruned_state
 from .errors import AutopruneError
 from .models import create, get_model_info, list_models
 from .policy import Policy
-from .pruning import apply, space_for
+from .pruning import apply, parse_target, space_for
 
 if TYPE_CHECKING:
     from .training import TrainResult
@@ -28,6 +33,23 @@ def _need_arch(args: argparse.Namespace) -> str:
 
 def _mega(n: float) -> str:
     return f"{n / 1e6:.2f}M"
+
+
+def _fractions(values: Sequence[str | float], arch: str, space: str | None = None) -> list[float]:
+    """Targets as fractions of the base MACs: each a fraction in (0, 1) or a MAC count like 60M, as prune takes.
+
+    The base model is built only when a MAC count needs its MACs.
+    """
+    @functools.cache
+    def base_macs() -> int:
+        return space_for(create(arch).eval(), arch, space).base.macs
+
+    return [parse_target(v, base_macs) for v in values]
+
+
+def _kept_on(run_dir: str | Path, name: str, given: bool) -> bool:
+    """An on/off option of a resumed run (--no-report, --no-progress): off if turned off now or when it started."""
+    return given and bool(RunDir.open(run_dir, writing=False).options.get(name, True))
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -70,6 +92,8 @@ def _evaluator(args: argparse.Namespace, arch: str, **protocol: object):  # noqa
 def run_eval(args: argparse.Namespace) -> int:
     if args.recal_batches < 0:
         raise AutopruneError(f"--recal-batches must be at least 0, but got {args.recal_batches}.")
+    if args.batch_size < 1:
+        raise AutopruneError(f"--batch-size must be at least 1, but got {args.batch_size}.")
     if args.arch is None:
         if args.checkpoint == "pretrained":
             raise AutopruneError("Give --arch (and optionally --checkpoint), or --checkpoint FILE of a pruned model.")
@@ -107,9 +131,9 @@ def run_prune(args: argparse.Namespace) -> int:
     from .pruning import prune
 
     arch = _need_arch(args)
+    target = _fractions([args.target_flops], arch, args.space)[0]
     out = Path(args.out)
-    if (out / "policy.json").exists() and not args.overwrite:
-        raise AutopruneError(f"{out} already holds a policy.json; choose another --out or pass --overwrite.")
+    RunDir.check(out, kind="prune", overwrite=args.overwrite)
     model, sha = load_model(arch, args.checkpoint)
     batches, dataset_name = None, args.dataset
     if args.criterion in ("taylor", "reconstruction"):  # they score on training batches
@@ -119,11 +143,14 @@ def run_prune(args: argparse.Namespace) -> int:
         dataset_name = evaluator.dataset.name
         model = evaluator.prepare(model)
         batches = list(evaluator.recal_loader)
-    policy, pruned = prune(model, arch, args.target_flops, method=args.method, criterion=args.criterion,
+    policy, pruned = prune(model, arch, target, method=args.method, criterion=args.criterion,
                            space=args.space, dataset=dataset_name, checkpoint=sha, batches=batches, seed=args.seed)
     pruned = pruned.cpu()
-    policy.save(out / "policy.json")
-    save_pruned(out / "model.pt", pruned, policy)
+    run = RunDir.create(out, kind="prune", overwrite=args.overwrite)
+    with run.cleanup_unless_started():  # both files or neither: a policy.json must describe its model.pt
+        run.write_outputs({"policy.json": lambda f: f.write(json_bytes(policy.to_dict())),
+                           "model.pt": lambda f: torch.save(pruned_state(pruned, policy), f)})
+        run.mark_started()
     ratios = np.array(list(policy.ratios.values()))
     print(f"{arch} -> {_mega(policy.macs)} MACs ({policy.macs_fraction:.2%} of {_mega(policy.base_macs)}), "
           f"{_mega(policy.params)} params ({policy.params_fraction:.2%}); {args.method} / {args.criterion}, "
@@ -141,12 +168,14 @@ def run_search(args: argparse.Namespace) -> int:
     if args.resume:
         config = resume_config(args.resume, arch=args.arch, space=args.space)
         out = Path(args.resume)
+        report = _kept_on(out, "report", args.report)
     else:
         arch = _need_arch(args)
         if not args.data_dir:
             raise AutopruneError("--data-dir is required: the search judges policies on held-out training images.")
+        targets = _fractions(args.target_flops, arch, args.space) if args.target_flops else None
         config = SearchConfig(arch=arch, data_dir=args.data_dir, agent=args.agent, checkpoint=args.checkpoint,
-                              targets=args.target_flops, episodes=args.episodes, space=args.space,
+                              targets=targets, episodes=args.episodes, space=args.space,
                               dataset=args.dataset, seed=args.seed, device=args.device, holdout=args.holdout,
                               reward_samples=args.reward_samples, recal_batches=args.recal_batches, top_k=args.top_k,
                               multi_fidelity=args.multi_fidelity, storage=args.storage, study_name=args.study_name,
@@ -154,12 +183,14 @@ def run_search(args: argparse.Namespace) -> int:
                               warm_start=args.warm_start)
         agent = Path(args.agent).stem
         out = Path(args.out) if args.out else Path("runs") / f"{arch}-{agent}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = search(config, out, resume=bool(args.resume), overwrite=args.overwrite)
+        report = args.report
+    result = search(config, out, resume=bool(args.resume), overwrite=args.overwrite,
+                    cli_options={"report": args.report})
     print(result.table)
     print(f"run directory: {result.run_dir} (policy.json, policy-<target>.json, episodes.csv)")
     for note in result.notes:
         print(note)
-    if args.report:
+    if report:
         _report(result.run_dir)
     return 0
 
@@ -185,9 +216,10 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_export_policy(args: argparse.Namespace) -> int:
-    from .search import export_policy
+    from .search import export_policy, resume_config
 
-    policy = export_policy(args.run, args.target_flops, args.out)
+    config = resume_config(args.run)
+    policy = export_policy(args.run, _fractions([args.target_flops], config.arch, config.space)[0], args.out)
     print(f"{policy.arch} at target {args.target_flops}: {policy.macs_fraction:.2%} MACs, "
           f"holdout top-1 {100 * policy.accuracy['holdout']:.2f}%")
     return 0
@@ -201,7 +233,13 @@ def _train_kwargs(args: argparse.Namespace) -> dict:
     recipe = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "weight_decay": args.weight_decay,
               "momentum": args.momentum, "nesterov": args.nesterov, "schedule": args.schedule,
               "label_smoothing": args.label_smoothing}
-    kd = Distillation(args.kd_teacher, args.kd_temperature, args.kd_weight) if args.kd or args.kd_teacher else None
+    given = {k: v for k, v in (("temperature", args.kd_temperature), ("weight", args.kd_weight)) if v is not None}
+    if given and not (args.kd or args.kd_teacher):
+        flags = " and ".join(f"--kd-{k}" for k in given)
+        verb, them = ("apply", "them") if len(given) > 1 else ("applies", "it")
+        raise AutopruneError(f"{flags} only {verb} with knowledge distillation: add --kd (or --kd-teacher), or drop "
+                             f"{them}.")
+    kd = Distillation(args.kd_teacher, **given) if args.kd or args.kd_teacher else None
     return {"checkpoint": args.checkpoint, "recipe": recipe, "kd": kd, "dataset": args.dataset,
             "holdout": args.holdout, "seed": args.seed, "eval_batch_size": args.eval_batch_size}
 
@@ -231,7 +269,8 @@ def _resume_training(args: argparse.Namespace) -> int:
     config = resume_config(args.resume)
     if args.device != "auto":
         config.device = args.device
-    return _print_run(train(config, args.resume, resume=True, progress=args.progress))
+    progress = _kept_on(args.resume, "progress", args.progress)
+    return _print_run(train(config, args.resume, resume=True, progress=progress))
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -305,19 +344,22 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.resume:
         outcomes = sweep(None, args.resume, options, resume=True)
         out = Path(args.resume)
+        report = _kept_on(out, "report", args.report)
     else:
         arch = _need_arch(args)
         if not args.data_dir:
             raise AutopruneError("--data-dir is required: every cell searches and fine-tunes on it.")
-        config = SweepConfig(arch=arch, data_dir=args.data_dir, targets=tuple(args.targets), agents=tuple(args.agents),
+        config = SweepConfig(arch=arch, data_dir=args.data_dir, targets=tuple(_fractions(args.targets, arch)),
+                             agents=tuple(args.agents),
                              checkpoint=args.checkpoint, episodes=args.episodes, finetune_epochs=args.finetune_epochs,
                              preset=args.preset, seed=args.seed,
                              search={"dataset": args.dataset, "holdout": args.holdout, "device": args.device},
                              train={"dataset": args.dataset, "holdout": args.holdout})
         out = Path(args.out) if args.out else _default_out(f"{arch}-sweep")
-        outcomes = sweep(config, out, options, overwrite=args.overwrite)
+        outcomes = sweep(config, out, options, overwrite=args.overwrite, cli_options={"report": args.report})
+        report = args.report
     print(table(outcomes))
     print(f"sweep: {out} (results.csv, sweep.png; --resume {out} continues it)")
-    if args.report:
+    if report:
         _report(out)
     return 1 if any(o.status == "error" for o in outcomes) else 0

@@ -1,21 +1,26 @@
 """File access: atomic writes, and reads that treat every file as data.
 
-An interrupted write never replaces a good file with half a file. A read never
-runs code: torch files are loaded with ``weights_only=True``, YAML with the
-safe loader, arrays with ``allow_pickle=False``; a file that is damaged, or
-holds something other than data, raises one :class:`CheckpointError` naming
-it, never a traceback from deep inside torch, PyYAML or numpy.
+An interrupted write never replaces a good file with half a file, and a write
+that fails because of the disk (full, read-only, no permission) raises
+:class:`~autoprune.errors.OutputError` with one line naming the file
+(:func:`output_error`). A read never runs code: torch files are loaded with
+``weights_only=True``, YAML with the safe loader, arrays with
+``allow_pickle=False``; a file that is damaged, or holds something other than
+data, raises one :class:`CheckpointError` naming it, never a traceback from
+deep inside torch, PyYAML or numpy.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,7 +29,7 @@ import numpy as np
 import torch
 import yaml
 
-from .errors import AutopruneError, CheckpointError
+from .errors import AutopruneError, CheckpointError, OutputError
 
 
 @contextmanager
@@ -39,8 +44,11 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        error = output_error(e, path)
+        if error is not None:
+            raise error from e
         raise
 
 
@@ -50,9 +58,14 @@ def write_bytes(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) 
         write(f)
 
 
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as the indented JSON every autoprune file uses."""
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
-    data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+    data = json_bytes(obj)
     write_bytes(path, lambda f: f.write(data))
 
 
@@ -146,3 +159,105 @@ def _unpickler_reason(message: str) -> str:
     """The weights-only unpickler's own reason, without PyTorch's advice to load the file unsafely."""
     found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n\n|$)", message, re.DOTALL)
     return " ".join(found.group(1).split()) if found else "not a weights-only pickle"
+
+
+def write_together(files: Mapping[str | os.PathLike[str], Callable[[BinaryIO], Any]]) -> None:
+    """Write several files so that all of them are replaced or none is (a policy.json must match its model.pt).
+
+    Every file is written to a temporary beside it first (the step that can run out of space);
+    only when all are complete are they renamed into place, in the given order. A failure removes
+    the temporaries and any file already renamed, so callers put last the file whose presence says
+    the outputs are complete.
+    """
+    temps: list[tuple[str, Path]] = []
+    try:
+        for target, write in files.items():
+            path = Path(target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        renamed: list[Path] = []
+        try:
+            for tmp, path in temps:
+                os.replace(tmp, path)
+                renamed.append(path)
+        except BaseException:
+            for path in renamed:
+                path.unlink(missing_ok=True)
+            raise
+    except BaseException as e:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+        error = output_error(e, temps[-1][1] if temps else next(iter(files), None))
+        if error is not None:
+            raise error from e
+        raise
+
+
+_FULL, _READ_ONLY, _DENIED = (errno.ENOSPC, errno.EDQUOT), (errno.EROFS,), (errno.EACCES, errno.EPERM)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__]
+
+
+def _free(path: Path) -> str:
+    folder = path
+    while not folder.is_dir() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        free = float(shutil.disk_usage(folder).free)
+    except OSError:
+        return "unknown space"
+    units = ("bytes", "KiB", "MiB", "GiB")
+    i = 0
+    while free >= 1024 and i < len(units) - 1:
+        free, i = free / 1024, i + 1
+    return f"{free:.0f} bytes" if i == 0 else f"{free:.1f} {units[i]}"
+
+
+def _torch_write_failed(text: str) -> bool:
+    """torch.save's zip writer on a full disk: "file write failed", or "[enforce fail at inline_container.cc...]
+    unexpected pos" when the short write shows only at the next record (its reader fails "PytorchStreamReader")."""
+    return "file write failed" in text or ("inline_container" in text and "Reader" not in text)
+
+
+def output_error(exc: BaseException, path: str | os.PathLike[str] | None = None) -> OutputError | None:
+    """The one-line :class:`OutputError` for a write that failed because of the disk, or None for any other failure.
+
+    Looks through the exception and its causes: an ``OSError`` for a full disk, a read-only filesystem
+    or a missing permission; torch's ``RuntimeError: [enforce fail at inline_container.cc...] ... file
+    write failed``; Optuna's SQLAlchemy ``OperationalError: database or disk is full`` with its SQL dump.
+    ``path`` names the file being written (the exception may name a temporary beside it).
+    """
+    for e in _causes(exc):
+        if isinstance(e, OutputError):
+            return e
+        where = Path(path) if path else Path(e.filename) if isinstance(e, OSError) and e.filename else None
+        name = str(where) if where is not None else "the output folder"
+        text = str(e).splitlines()[0] if str(e) else ""
+        full = isinstance(e, OSError) and e.errno in _FULL or "disk is full" in text
+        if full or (isinstance(e, RuntimeError) and _torch_write_failed(text)):
+            free = f" ({_free(where)} free)" if where is not None else ""
+            cause = "no space left on the device" if full else "the write failed; is the disk full?"
+            return OutputError(f"Could not write {name}: {cause}{free}. Free some space, or choose --out on "
+                               "another disk.")
+        if isinstance(e, OSError) and e.errno in _READ_ONLY:
+            return OutputError(f"Could not write {name}: it is on a read-only filesystem. Choose --out on a "
+                               "writable one.")
+        if isinstance(e, OSError) and e.errno in _DENIED:
+            return OutputError(f"Permission denied on {name}: change its permissions (for an output: or choose "
+                               "--out in a folder you may write).")
+    return None

@@ -28,7 +28,7 @@ from .pruning import apply
 
 __all__ = [
     "PretrainedWeights", "PRETRAINED", "file_sha256", "read_state_dict",
-    "load_checkpoint", "pretrained_path", "load_model", "save_pruned", "load_pruned",
+    "load_checkpoint", "pretrained_path", "load_model", "pruned_state", "save_pruned", "load_pruned",
 ]
 
 PRUNED_FORMAT = "autoprune-pruned-v1"
@@ -157,9 +157,14 @@ def load_model(arch: str, checkpoint: str | os.PathLike[str] | None, *, num_clas
     return model.eval(), load_checkpoint(model, path, arch)
 
 
+def pruned_state(model: nn.Module, policy: Policy) -> dict[str, Any]:
+    """What a pruned-model file holds (policy + state dict), for writers that save it beside other files."""
+    return {"format": PRUNED_FORMAT, "policy": policy.to_dict(), "state_dict": model.state_dict()}
+
+
 def save_pruned(path: str | os.PathLike[str], model: nn.Module, policy: Policy) -> None:
     """Save a pruned model as policy + state dict (atomic; loads with :func:`load_pruned`)."""
-    save_torch(path, {"format": PRUNED_FORMAT, "policy": policy.to_dict(), "state_dict": model.state_dict()})
+    save_torch(path, pruned_state(model, policy))
 
 
 def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[nn.Module, Policy]:

@@ -55,6 +55,11 @@ _PRESET_HELP = ("recipe preset: auto, cifar, cpu or a YAML file (default auto: c
                 "budget: fine-tune 2 epochs, from scratch 3. The options below override it")
 
 
+_OVERWRITE_HELP = ("replace a run of autoprune already in --out; a folder holding anything else (your own files) "
+                   "is never removed")
+_TARGET_HELP = "a fraction of the MACs kept, 0 < F < 1 (e.g. 0.5), or an absolute MAC count like 60M"
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recipe (default: the preset's)")
     g.add_argument("--preset", default="auto", help=_PRESET_HELP)
@@ -70,13 +75,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kd", action="store_true", help="distil from a teacher (default: the unpruned model of the policy)")
     g.add_argument("--kd-teacher", help="teacher: a checkpoint of the policy's arch, 'pretrained', or a pruned model.pt "
                                         "(implies --kd)")
-    g.add_argument("--kd-temperature", type=float, default=4.0, help="softmax temperature (default 4)")
-    g.add_argument("--kd-weight", type=float, default=0.9, help="weight of the soft term; CE gets 1 - it (default 0.9)")
+    g.add_argument("--kd-temperature", type=float, help="softmax temperature (default 4; needs --kd)")
+    g.add_argument("--kd-weight", type=float, help="weight of the soft term; CE gets 1 - it (default 0.9; needs --kd)")
     p.add_argument("--seed", type=int, default=0, help="initialisation, data order and holdout split (default 0)")
     p.add_argument("--eval-batch-size", type=int, default=500, help="holdout/test batch size (default 500)")
-    p.add_argument("--out", help="run directory (default runs/<arch>-<command>-<time>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its saved config; --device may change)")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--out", help="run directory, new or empty (default runs/<arch>-<command>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its saved config and --no-progress; "
+                                                      "--device may change)")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     _add_data_args(p, required=False)
 
@@ -114,14 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "(uniform) or one threshold on a channel criterion across all groups (global). Writes "
                        "policy.json and model.pt (the physically pruned model) into --out.")
     _add_model_args(p)
-    p.add_argument("--target-flops", required=True,
-                   help="fraction of the original MACs kept, 0 < F < 1 (e.g. 0.5), or an absolute count like 60M")
+    p.add_argument("--target-flops", required=True, help=_TARGET_HELP)
     p.add_argument("--method", default="uniform", help="uniform or global (default uniform)")
     p.add_argument("--criterion", default="l1", help="channel selection: l1, l2, bn-gamma, random, taylor, reconstruction "
                    "(taylor and reconstruction need --data-dir; default l1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--overwrite", action="store_true", help="replace a policy already in --out")
+    p.add_argument("--out", required=True, help="output directory, new or empty: policy.json and model.pt are "
+                                                 "written together, or neither")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     _add_data_args(p, required=False)
 
     p = sub.add_parser("search", help="search per-group keep ratios with an RL agent (the main command)",
@@ -134,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "per target instead, judged the same way; one that trains writes weights-<target>.pt, which "
                        "the policy names (autoprune finetune --checkpoint).")
     _add_model_args(p)
-    p.add_argument("--target-flops", nargs="+", type=float,
-                   help="fraction(s) of the MACs kept; a conditional agent (cacp) adds them to its trained range")
+    p.add_argument("--target-flops", nargs="+",
+                   help=f"target(s), each {_TARGET_HELP}; a conditional agent (cacp) adds them to its trained range")
     p.add_argument("--agent", default="cacp",
                    help="preset name or a preset YAML; default cacp. RL: cacp, ddpg, td3, sac, ppo. Optuna: tpe, "
                         "cmaes, random, qmc (one study per target), nsga2 (accuracy against MACs over a range). "
@@ -147,11 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward-samples", type=int, default=1000,
                    help="holdout images that score an episode; the rest re-judge the finalists (default 1000)")
     p.add_argument("--recal-batches", type=int, default=10,
-                   help="batches of 100 training images for BN recalibration (default 10)")
+                   help="batches of 100 training images for BN recalibration (default 10; at least 1: without it "
+                        "every reward is near chance)")
     p.add_argument("--top-k", type=int, default=5, help="finalists re-judged on the rest of the holdout (default 5)")
-    p.add_argument("--out", help="run directory (default runs/<arch>-<agent>-<time>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
-    p.add_argument("--no-report", dest="report", action="store_false", help="do not write report.md/html at the end")
+    p.add_argument("--out", help="run directory, new or empty (default runs/<arch>-<agent>-<time>); a search that "
+                                 "fails before its first episode leaves nothing in it")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (with the options it started with)")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not write report.md/html at the end (kept by --resume)")
     g = p.add_argument_group("Optuna agents")
     g.add_argument("--multi-fidelity", action=argparse.BooleanOptionalAction, default=None,
                    help="score a quarter of the reward images first and prune trials below the median (default: the preset's)")
@@ -163,14 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ray-address", help="join this Ray cluster (auto, or ray://host:10001); default: a local Ray")
     g.add_argument("--warm-start", nargs="+", default=[], metavar="POLICY",
                    help="policy.json files of earlier runs to try first (after the uniform policy)")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     _add_data_args(p, required=False)
 
     p = sub.add_parser("export-policy", help="a policy for any target from a trained conditional agent",
                        description="Ask the trained agent of a search run for a policy at a new target inside its "
                        "trained range, without searching again.")
     p.add_argument("--run", required=True, help="the search run directory")
-    p.add_argument("--target-flops", required=True, type=float, help="fraction of the MACs kept")
+    p.add_argument("--target-flops", required=True, help=_TARGET_HELP)
     p.add_argument("--out", help="policy file to write (default RUN/policy-<target>.json)")
 
     p = sub.add_parser("finetune", help="fine-tune pruned models from their policies (locally, or as Ray Tune trials)",
@@ -207,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "continues an interrupted sweep.")
     p.add_argument("--arch", help="architecture (see `autoprune models`)")
     p.add_argument("--checkpoint", default="pretrained", help="the weights searched and fine-tuned (default: pretrained)")
-    p.add_argument("--targets", nargs="+", type=float, default=[0.3, 0.5, 0.7],
-                   help="fractions of the MACs kept (default 0.3 0.5 0.7)")
+    p.add_argument("--targets", nargs="+", default=[0.3, 0.5, 0.7],
+                   help=f"targets, each {_TARGET_HELP} (default 0.3 0.5 0.7)")
     p.add_argument("--agents", nargs="+", default=["cacp", "tpe", "uniform"],
                    help="agent presets, as for search --agent (default: cacp tpe uniform)")
     p.add_argument("--episodes", type=int, help="search episodes per target (default: each preset's)")
@@ -216,10 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="auto",
                    help="training preset: auto (cifar where trials get a GPU, else cpu), cifar, cpu, or a YAML file")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="sweep directory (default runs/<arch>-sweep-<time>)")
-    p.add_argument("--resume", metavar="OUT", help="continue an interrupted sweep")
-    p.add_argument("--no-report", dest="report", action="store_false", help="do not write report.md/html at the end")
-    p.add_argument("--overwrite", action="store_true", help="replace a sweep already in --out")
+    p.add_argument("--out", help="sweep directory, new or empty (default runs/<arch>-sweep-<time>)")
+    p.add_argument("--resume", metavar="OUT", help="continue an interrupted sweep (with the options it started with)")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not write report.md/html at the end (kept by --resume)")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     _add_data_args(p, required=False)
     _add_trial_resources(p.add_argument_group("Ray Tune"))
 
@@ -260,6 +270,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"autoprune {args.command}: interrupted; files already written are complete.", file=sys.stderr)
         return 130
+    except Exception as e:  # a full or read-only disk, wherever the write was: one line, not a traceback
+        from ._io import output_error
+
+        error = output_error(e)
+        if error is None:
+            raise
+        print(f"autoprune {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

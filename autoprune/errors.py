@@ -16,6 +16,7 @@ __all__ = [
     "CheckpointError",
     "PolicyError",
     "BudgetError",
+    "OutputError",
     "DependencyNotInstalled",
     "unknown_name",
 ]
@@ -47,6 +48,10 @@ class PolicyError(AutopruneError):
 
 class BudgetError(AutopruneError):
     """Raised when a FLOPs/params target is outside (0, 1) or unreachable within the space's bounds."""
+
+
+class OutputError(AutopruneError):
+    """Raised when an output cannot be written: the folder is read-only, full, or holds a user's or another run's files."""
 
 
 class DependencyNotInstalled(AutopruneError, ImportError):

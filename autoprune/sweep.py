@@ -1,5 +1,6 @@
 """`autoprune sweep`: every (target, agent) cell searches, then fine-tunes its policy, as one Ray Tune trial.
 
+    OUT/autoprune-run.json           the marker of a run of autoprune (kind sweep; see autoprune._run_dir)
     OUT/config.yaml                  the cells and their settings (what --resume replays)
     OUT/<agent>-t<target>/search/    the cell's search run (a handcrafted preset, e.g. uniform: its one answer)
     OUT/<agent>-t<target>/finetune/  its fine-tune run
@@ -135,10 +136,16 @@ def _cells(config: SweepConfig, out: Path, options: RayOptions) -> dict[str, dic
 
 
 def sweep(config: SweepConfig | None, out: str | os.PathLike[str], options: RayOptions, *, resume: bool = False,
-          overwrite: bool = False, trainable: Callable[[dict[str, Any]], None] = sweep_trial) -> list[TrialOutcome]:
-    """Run (or, with ``resume`` and no ``config``, continue) a sweep into ``out``; one outcome per cell."""
+          overwrite: bool = False, trainable: Callable[[dict[str, Any]], None] = sweep_trial,
+          cli_options: dict[str, Any] | None = None) -> list[TrialOutcome]:
+    """Run (or, with ``resume`` and no ``config``, continue) a sweep into ``out``; one outcome per cell.
+
+    ``out`` is checked before Ray starts (:class:`~autoprune._run_dir.RunDir`); ``cli_options`` are
+    command-line settings outside ``config`` (``{"report": False}``) kept for ``--resume``.
+    """
     out = Path(out).resolve()
-    folder = ExperimentDir.open(out, "a sweep") if resume else ExperimentDir.claim(out, overwrite=overwrite)
+    folder = (ExperimentDir.open(out, "sweep") if resume
+              else ExperimentDir.claim(out, "sweep", overwrite=overwrite, cli_options=cli_options))
 
     def plan(options: RayOptions) -> dict[str, Any]:
         return {"experiment": "sweep", "sweep": asdict(config), "cells": _cells(config, out, options)}

@@ -41,13 +41,13 @@ def test_the_picks_holdout_is_its_reward_and_select_parts_added_up(tiny, tmp_pat
 
 
 def interrupt_after_first_checkpoint(monkeypatch):
-    original = _run_dir.RunDir.save_checkpoint
+    original = _run_dir.SearchRunDir.save_checkpoint
 
     def save_then_interrupt(self, *args, **kwargs):
         original(self, *args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_run_dir.RunDir, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(_run_dir.SearchRunDir, "save_checkpoint", save_then_interrupt)
 
 
 @pytest.mark.parametrize("agent", ["ddpg", "cacp", "td3"])

@@ -25,16 +25,26 @@ ALLOCATIONS = ("uniform", "global")
 _SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9}
 
 
-def parse_target(value: str | float, base_macs: int) -> float:
-    """Fraction of the base MACs kept: a bare number is the fraction, ``"60M"``/``"1.2G"`` a MAC count."""
+def parse_target(value: str | float, base_macs: int | Callable[[], int]) -> float:
+    """Fraction of the base MACs kept: a bare number is the fraction, ``"60M"``/``"1.2G"`` a MAC count.
+
+    The one parser of targets for every command. ``base_macs`` may be a function, called only for
+    a MAC count, so a fraction is checked before any model is built.
+    """
     text = str(value).strip()
-    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([KMG]?)", text, re.IGNORECASE)
+    match = re.fullmatch(r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([KMG]?)", text, re.IGNORECASE)
     if not match:
-        raise BudgetError(f"Target {text!r} is neither a fraction like 0.5 nor a MAC count like 60M.")
+        raise BudgetError(f"Target {text!r} is neither a fraction in (0, 1) like 0.5 nor a MAC count like 60M.")
     number, suffix = float(match.group(1)), match.group(2).upper()
-    fraction = number * _SUFFIX[suffix] / base_macs if suffix else number
+    if not suffix:
+        if not 0.0 < number < 1.0:
+            raise BudgetError(f"Target must be in (0, 1) as a fraction of the MACs kept (e.g. 0.5), or a MAC count "
+                              f"like 60M, but got {text}.")
+        return number
+    base = base_macs() if callable(base_macs) else base_macs
+    fraction = number * _SUFFIX[suffix] / base
     if not 0.0 < fraction < 1.0:
-        raise BudgetError(f"Target must keep a fraction in (0, 1) of the {base_macs / 1e6:.2f}M base MACs, but got {text} ({fraction:.4g}).")
+        raise BudgetError(f"Target must keep a fraction in (0, 1) of the {base / 1e6:.2f}M base MACs, but got {text} ({fraction:.4g}).")
     return fraction
 
 

@@ -49,6 +49,10 @@ class SearchConfig:
             raise AutopruneError(f"--top-k must be at least 1, but got {self.top_k}.")
         if self.workers < 1:
             raise AutopruneError(f"--workers must be at least 1, but got {self.workers}.")
+        if self.recal_batches < 1:
+            raise AutopruneError(f"--recal-batches must be at least 1 for a search, but got {self.recal_batches}: "
+                                 "the rewards would be meaningless, since BatchNorm statistics would not be "
+                                 "recalibrated after pruning and every pruned model scores near chance.")
 
 
 @dataclass

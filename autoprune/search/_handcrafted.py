@@ -32,7 +32,7 @@ from ..env import PruningEnv
 from ..errors import AutopruneError
 from ..policy import Policy, policy_for
 from ..pruning import PrunableSpace, space_for
-from ._run_dir import RunDir
+from ._run_dir import SearchRunDir
 from ._searcher import Proposals, Searcher
 
 __all__ = ["HandcraftedSearcher"]
@@ -41,7 +41,7 @@ __all__ = ["HandcraftedSearcher"]
 class HandcraftedSearcher(Searcher):
     """A method of :mod:`autoprune.baselines`: one answer per target, measured like a pick as it is made."""
 
-    def search(self, env: PruningEnv, run: RunDir, resume: bool) -> Proposals:
+    def search(self, env: PruningEnv, run: SearchRunDir, resume: bool) -> Proposals:
         """Run the method for every target without a policy file yet; targets with one keep it."""
         method = get_method(self.preset.algorithm)  # a missing module fails before any work
         proposals = Proposals(evaluations=len(env.config.targets), seconds={"search": 0.0})
@@ -65,18 +65,19 @@ class HandcraftedSearcher(Searcher):
                                        + (f" --checkpoint {run.path / weights}" if weights else ""))
         return proposals
 
-    def export(self, env: PruningEnv, run: RunDir, target: float) -> list[int]:
+    def export(self, env: PruningEnv, run: SearchRunDir, target: float) -> list[int]:
         raise AutopruneError(f"{run.path} is a run of the handcrafted method {self.preset.algorithm!r}: it has no "
                              f"agent; run it at the new target: autoprune search --agent {self.config.agent} "
                              f"--target-flops {target}.")
 
-    def _answer(self, method: Callable[[Context], Outcome], env: PruningEnv, run: RunDir, target: float) -> Policy:
+    def _answer(self, method: Callable[[Context], Outcome], env: PruningEnv, run: SearchRunDir, target: float) -> Policy:
         """Run the method at ``target`` and make its answer a measured Policy (saving its weights, if any)."""
         config, preset, space, evaluator = self.config, self.preset, env.space, env.evaluator
         context = Context(model=space.model, space=space, evaluator=evaluator, target=target,
                           criterion=preset.criterion, hyperparameters=dict(preset.hyperparameters),
                           work_dir=run.path / "method" / f"t{target:g}", seed=config.seed)
         context.work_dir.mkdir(parents=True, exist_ok=True)
+        run.mark_started()  # the method's own files (method/t<target>) are worth resuming from here on
         run.log(f"target {target:g}: {preset.algorithm} ({preset.name}) started")
         started = time.perf_counter()
         outcome = method(context)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import output_error
 from ..env import PruningEnv
 from ..errors import AutopruneError
 from ._preset import Preset
@@ -95,8 +96,10 @@ def open_storage(url: str) -> Any:
     except ImportError as e:
         raise AutopruneError(f"The study storage {url.split('@')[-1]} needs a database driver that is not "
                              f"installed ({e}).") from e
-    except Exception as e:  # sqlalchemy raises many kinds; all mean the same to a user
-        raise AutopruneError(f"Could not open the study storage {url.split('@')[-1]}: {e}") from e
+    except Exception as e:  # sqlalchemy raises many kinds; all mean the same to a user (its SQL dump does not)
+        where = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+        raise output_error(e, where) or AutopruneError(
+            f"Could not open the study storage {url.split('@')[-1]}: {str(e).splitlines()[0]}") from e
 
 
 def open_study(storage: Any, name: str, preset: Preset, identity: dict[str, Any], *, sampler: Any = None,

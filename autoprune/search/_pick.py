@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
-from .._io import write_json
+from .._io import json_bytes
 from .._table import format_table
 from ..env import PruningEnv
 from ..errors import AutopruneError
 from ..policy import Policy
 from ..pruning import uniform_counts
 from ._config import SearchConfig, SearchResult
-from ._run_dir import RunDir
+from ._run_dir import SearchRunDir
 from ._searcher import Candidate, Proposals
 
 __all__ = ["TABLE_HEADER", "pick", "uniform_reference"]
@@ -27,7 +27,7 @@ TABLE_HEADER = ["target", "MACs kept", "params kept", "holdout %", "test %", "un
                 "uniform-L1 test %"]
 
 
-def pick(config: SearchConfig, run: RunDir, env: PruningEnv, proposals: Proposals) -> SearchResult:
+def pick(config: SearchConfig, run: SearchRunDir, env: PruningEnv, proposals: Proposals) -> SearchResult:
     """The final policy per target from ``proposals``: saved, tabled beside uniform-L1, summed up in result.json."""
     targets = [float(t) for t in env.config.targets]
     missing = [t for t in targets if t not in proposals.answers and not proposals.pools.get(t)]
@@ -45,19 +45,21 @@ def pick(config: SearchConfig, run: RunDir, env: PruningEnv, proposals: Proposal
             policy = _rejudge(config, env, target, proposals.pools[target], bar)
         u_hold, u_test = references[target] = uniform_reference(env, target)
         bar.update(2)
-        policy.save(run.path / f"policy-{target:g}.json")
         policies[target] = policy
         rows.append((f"{target:g}", f"{policy.macs_fraction:.3f}", f"{policy.params_fraction:.3f}",
                      f"{100 * policy.accuracy['holdout']:.2f}", f"{100 * policy.accuracy['test']:.2f}",
                      f"{100 * u_hold:.2f}", f"{100 * u_test:.2f}"))
     bar.close()
     main = float(config.targets[0]) if config.targets else targets[0]
-    policies[main].save(run.path / "policy.json")  # the first target asked for
     table = format_table(TABLE_HEADER, rows)
     run.log("\n".join(["final", table, *proposals.notes]))
-    write_json(run.path / "result.json", {  # what the table and the log say, for scripts and reports
-        "evaluations": proposals.evaluations, "seconds": proposals.seconds,
-        "uniform": {f"{t:g}": {"holdout": h, "test": u} for t, (h, u) in references.items()}})
+    outputs = {  # all or none; the policy-<target>.json files, which say a search finished, go in last
+        "result.json": json_bytes({  # what the table and the log say, for scripts and reports
+            "evaluations": proposals.evaluations, "seconds": proposals.seconds,
+            "uniform": {f"{t:g}": {"holdout": h, "test": u} for t, (h, u) in references.items()}}),
+        "policy.json": json_bytes(policies[main].to_dict()),  # the first target asked for
+        **{f"policy-{t:g}.json": json_bytes(p.to_dict()) for t, p in policies.items()}}
+    run.write_outputs({name: lambda f, data=data: f.write(data) for name, data in outputs.items()})
     return SearchResult(run.path, policies, table, references, proposals.evaluations, proposals.seconds,
                         proposals.notes)
 

@@ -16,7 +16,7 @@ from ..env import PruningEnv
 from ..errors import AutopruneError
 from ._agents import build_agent, episodes_per_learn, load_agent, total_episodes
 from ._preset import Preset
-from ._run_dir import RunDir
+from ._run_dir import SearchRunDir
 from ._searcher import Proposals, Searcher, add_candidate
 from ._tracker import Tracker
 
@@ -26,7 +26,7 @@ __all__ = ["RLSearcher", "run_rl", "rollout"]
 class RLSearcher(Searcher):
     """An RL agent (AMC's DDPG, CACP, TD3, SAC, PPO): its episodes' policies, then its own answer per target."""
 
-    def search(self, env: PruningEnv, run: RunDir, resume: bool) -> Proposals:
+    def search(self, env: PruningEnv, run: SearchRunDir, resume: bool) -> Proposals:
         tracker = Tracker(run, env.space.channels)
         started = time.perf_counter()
         try:
@@ -39,7 +39,7 @@ class RLSearcher(Searcher):
             add_candidate(proposals.pools, target, reward, counts)
         return proposals
 
-    def export(self, env: PruningEnv, run: RunDir, target: float) -> list[int]:
+    def export(self, env: PruningEnv, run: SearchRunDir, target: float) -> list[int]:
         low, high = min(self.preset.targets), max(self.preset.targets)
         if not low <= target <= high:
             raise AutopruneError(f"The agent of {run.path} was trained on targets {list(self.preset.targets)}; "
@@ -64,7 +64,7 @@ def _callback(tracker: Tracker) -> Any:
     return EpisodeCallback()
 
 
-def run_rl(preset: Preset, env: PruningEnv, run: RunDir, tracker: Tracker, seed: int, resume: bool) -> Any:
+def run_rl(preset: Preset, env: PruningEnv, run: SearchRunDir, tracker: Tracker, seed: int, resume: bool) -> Any:
     """Train (or keep training) the preset's agent for its episodes; returns the agent."""
     checkpoint = run.latest_checkpoint(resuming=True) if resume else None
     if checkpoint is None:

@@ -1,5 +1,6 @@
 """The run directory of a search: config, episode log, checkpoints, policies.
 
+    runs/<id>/autoprune-run.json   the marker of a run of autoprune (see autoprune._run_dir)
     runs/<id>/config.yaml          the resolved configuration (what --resume replays)
     runs/<id>/log.txt              human-readable progress
     runs/<id>/episodes.csv         one row per episode
@@ -19,21 +20,23 @@ A damaged newest checkpoint gives way to the one before it (two are kept).
 from __future__ import annotations
 
 import csv
+import os
 import re
 import shutil
 import sys
-import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .._io import read_yaml, reading, write_bytes
-from ..errors import AutopruneError, CheckpointError
+from .._run_dir import RunDir
+from ..errors import CheckpointError
 from ._agent_files import read_agent
 from ._agents import save_agent
 
-__all__ = ["RunDir", "EPISODE_FIELDS"]
+__all__ = ["SearchRunDir", "EPISODE_FIELDS"]
 
 EPISODE_FIELDS = ["episode", "target", "reward", "accuracy", "macs_fraction", "params_fraction", "cached", "ratios"]
 
@@ -42,51 +45,35 @@ _STATE_FORMAT = "autoprune-search-checkpoint-v1"
 _PICKLED = ("agent.zip", "replay.pkl")  # what autoprune wrote before checkpoints were data
 
 
-class RunDir:
-    """Files of one search run."""
+class SearchRunDir(RunDir):
+    """Files of one search run (claimed, replaced and resumed as :class:`autoprune._run_dir.RunDir` says)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    KINDS = ("search",)
 
     @classmethod
-    def create(cls, path: Path, config: dict[str, Any], overwrite: bool = False) -> RunDir:
-        run = cls(path)
-        if (run.path / "config.yaml").exists() and not overwrite:
-            raise AutopruneError(f"{run.path} already holds a run; resume it with --resume {run.path}, "
-                                 "or choose another --out (or pass --overwrite).")
-        if overwrite and run.path.exists():
-            shutil.rmtree(run.path)
-        run.path.mkdir(parents=True, exist_ok=True)
+    def create(cls, path: str | os.PathLike[str], config: Mapping[str, Any] | None = None, *,
+               kind: str | None = None, overwrite: bool = False,
+               cli_options: Mapping[str, Any] | None = None) -> SearchRunDir:
+        run = super().create(path, kind=kind, overwrite=overwrite, cli_options=cli_options)
         with open(run.episodes_csv, "w", newline="") as f:
             csv.writer(f).writerow(EPISODE_FIELDS)
-        text = yaml.safe_dump(config, sort_keys=False).encode()  # last: config.yaml is what makes it a run
-        write_bytes(run.path / "config.yaml", lambda f: f.write(text))
+        if config is not None:
+            run.write_config(config)  # last: a run with a config.yaml has all its files
         return run
 
     @classmethod
-    def open(cls, path: Path) -> tuple[RunDir, dict[str, Any]]:
-        """An existing run and its saved configuration; refuses a folder that is not a whole run."""
-        run = cls(path)
-        config_file = run.path / "config.yaml"
-        if not config_file.is_file():
-            raise AutopruneError(f"{run.path} is not a search run (no config.yaml).")
-        config = read_yaml(config_file, "Run configuration", hint="Restore it from a copy of the run.")
-        if not isinstance(config, dict):
-            raise CheckpointError(f"Run configuration {config_file} is damaged: it must be a mapping of settings, "
-                                  f"but holds {type(config).__name__}. Restore it from a copy of the run.")
-        if not run.episodes_csv.is_file():
+    def open(cls, path: str | os.PathLike[str], *, kind: str | None = None, writing: bool = True) -> SearchRunDir:
+        """An existing search run; refuses a folder that is not a whole one (config.yaml without episodes.csv)."""
+        run = super().open(path, kind=kind, writing=writing)
+        if (run.path / "config.yaml").is_file() and not run.episodes_csv.is_file():
             raise CheckpointError(f"{run.path} has a config.yaml but no episodes.csv: the run directory is incomplete "
                                   "(copied in part, or its creation was cut short). Copy the whole run, or start it "
                                   "again with --overwrite.")
-        return run, config
+        return run
 
     @property
     def episodes_csv(self) -> Path:
         return self.path / "episodes.csv"
-
-    def log(self, message: str) -> None:
-        with open(self.path / "log.txt", "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def append_episode(self, row: dict[str, Any]) -> None:
         with open(self.episodes_csv, "a", newline="") as f:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from .._io import reading
 from ..errors import AutopruneError
@@ -21,7 +22,7 @@ from ._config import SearchConfig, SearchResult
 from ._pick import pick
 from ._preset import Preset
 from ._registry import load_entry_point
-from ._run_dir import RunDir
+from ._run_dir import SearchRunDir
 from ._searcher import Searcher
 from ._session import resolve_preset, setup
 
@@ -33,23 +34,34 @@ def searcher_for(config: SearchConfig, preset: Preset) -> Searcher:
     return load_entry_point(preset.spec.kind.searcher)(config, preset)
 
 
-def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False) -> SearchResult:
-    """Run (or resume) a search into ``out`` and return the final policies per target."""
+def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False,
+           cli_options: dict[str, Any] | None = None) -> SearchResult:
+    """Run (or resume) a search into ``out`` and return the final policies per target.
+
+    ``out`` is claimed before the model and data load (:class:`~autoprune._run_dir.RunDir`: a user's
+    folder or another command's run is refused); a search that fails before its first episode removes
+    what it wrote, so the corrected command starts afresh instead of being told to resume the bad one.
+    ``cli_options`` are command-line settings outside ``config`` (``{"report": False}``) kept for ``--resume``.
+    """
+    if resume:
+        run = SearchRunDir.open(out)
+    else:
+        SearchRunDir.check(out, overwrite=overwrite)
     preset, env, _, _ = setup(config)
     config.preset = preset.to_dict()
-    if resume:
-        run, _ = RunDir.open(Path(out))
-    else:
-        run = RunDir.create(Path(out), asdict(config), overwrite=overwrite)
-    proposals = searcher_for(config, preset).search(env, run, resume)
-    run.log("time split (s): " + ", ".join(f"{k} {v:.1f}" for k, v in proposals.seconds.items())
-            + f"; evaluations {proposals.evaluations}")
-    return pick(config, run, env, proposals)
+    if not resume:
+        run = SearchRunDir.create(out, asdict(config), overwrite=overwrite, cli_options=cli_options)
+    with run.cleanup_unless_started():
+        proposals = searcher_for(config, preset).search(env, run, resume)
+        run.log("time split (s): " + ", ".join(f"{k} {v:.1f}" for k, v in proposals.seconds.items())
+                + f"; evaluations {proposals.evaluations}")
+        return pick(config, run, env, proposals)
 
 
 def resume_config(run_dir: str | os.PathLike[str], arch: str | None = None, space: str | None = None) -> SearchConfig:
     """The configuration of the run in ``run_dir``; refuses an ``arch``/``space`` that differs from it."""
-    run, saved = RunDir.open(Path(run_dir))
+    run = SearchRunDir.open(run_dir, writing=False)
+    saved = run.read_config()
     for key, given in (("arch", arch), ("space", space)):
         if given is not None and given != saved.get(key):
             raise AutopruneError(f"{run_dir} is a run for {key} {saved.get(key)!r}, not {given!r}; "
@@ -67,7 +79,7 @@ def export_policy(run_dir: str | os.PathLike[str], target: float, out: str | os.
     """
     config = resume_config(run_dir)
     preset, env, evaluator, space = setup(config)
-    counts = searcher_for(config, preset).export(env, RunDir(Path(run_dir)), target)
+    counts = searcher_for(config, preset).export(env, SearchRunDir(Path(run_dir)), target)
     policy = env.policy(counts, target, provenance={"agent": config.agent, "exported_from": str(run_dir)})
     model = evaluator.judge(space, policy.channels)
     policy.accuracy["holdout"] = evaluator.holdout(model).top1

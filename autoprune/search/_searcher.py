@@ -19,7 +19,7 @@ from ..errors import AutopruneError
 from ..policy import Policy
 from ._config import SearchConfig
 from ._preset import Preset
-from ._run_dir import RunDir
+from ._run_dir import SearchRunDir
 
 __all__ = ["Candidate", "Proposals", "Searcher", "add_candidate"]
 
@@ -71,10 +71,10 @@ class Searcher(abc.ABC):
         self.config, self.preset = config, preset
 
     @abc.abstractmethod
-    def search(self, env: PruningEnv, run: RunDir, resume: bool) -> Proposals:
+    def search(self, env: PruningEnv, run: SearchRunDir, resume: bool) -> Proposals:
         """Play (or continue, with ``resume``) the preset's search in ``run``; Ctrl-C keeps what was saved."""
 
-    def export(self, env: PruningEnv, run: RunDir, target: float) -> list[int]:
+    def export(self, env: PruningEnv, run: SearchRunDir, target: float) -> list[int]:
         """Kept counts for a new ``target`` from what ``run`` learnt, without searching again.
 
         Only a trained agent can answer (conditional ones across their range); other kinds refuse.

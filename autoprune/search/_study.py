@@ -36,7 +36,7 @@ from ._optuna import (
 )
 from ._preset import Preset
 from ._ray import run_ray
-from ._run_dir import RunDir
+from ._run_dir import SearchRunDir
 from ._searcher import Candidate, Proposals, Searcher, add_candidate
 from ._session import setup
 from ._tracker import Tracker, episode_row
@@ -47,7 +47,7 @@ __all__ = ["OptunaSearcher", "run_optuna", "studies", "export_front"]
 class OptunaSearcher(Searcher):
     """An Optuna sampler (TPE, CMA-ES, random, QMC, NSGA-II): every trial one episode of the environment."""
 
-    def search(self, env: PruningEnv, run: RunDir, resume: bool) -> Proposals:
+    def search(self, env: PruningEnv, run: SearchRunDir, resume: bool) -> Proposals:
         preset = self.preset
         identity = {"arch": self.config.arch, "space": env.space.name, "dataset": env.evaluator.dataset.name,
                     "checkpoint": env.checkpoint, "criterion": preset.criterion, "reward": preset.reward}
@@ -59,7 +59,7 @@ class OptunaSearcher(Searcher):
             tracker.close()
         return Proposals.played(env, pools, started)
 
-    def export(self, env: PruningEnv, run: RunDir, target: float) -> list[int]:
+    def export(self, env: PruningEnv, run: SearchRunDir, target: float) -> list[int]:
         raise AutopruneError(f"{run.path} is an Optuna run ({self.preset.algorithm}): it has no agent that answers "
                              "for new targets; its policies are the policy-<target>.json files (NSGA-II: front/).")
 
@@ -219,7 +219,7 @@ def _parallel(study: Any, config: SearchConfig, storage_url: str, name: str, tar
                              "their errors are printed above. The study keeps what finished: --resume continues.")
 
 
-def _rewrite_episodes(run: RunDir, pairs: list[tuple[float | None, Any]], channels: np.ndarray,
+def _rewrite_episodes(run: SearchRunDir, pairs: list[tuple[float | None, Any]], channels: np.ndarray,
                       tracker: Tracker | None = None) -> tuple[int, int]:
     """episodes.csv (and, given ``tracker``, the TensorBoard curves) from the studies' completed trials.
 
@@ -260,7 +260,7 @@ def _candidates(pairs: list[tuple[float | None, Any]], targets: tuple[float, ...
     return candidates
 
 
-def run_optuna(config: SearchConfig, preset: Preset, env: PruningEnv, run: RunDir, tracker: Tracker, identity: dict[str, Any],
+def run_optuna(config: SearchConfig, preset: Preset, env: PruningEnv, run: SearchRunDir, tracker: Tracker, identity: dict[str, Any],
                resume: bool) -> dict[float, list[Candidate]]:
     """Run the preset's studies to their length; returns the candidates per target."""
     url = config.storage or f"sqlite:///{(run.path / 'study.db').resolve()}"
@@ -299,7 +299,7 @@ def run_optuna(config: SearchConfig, preset: Preset, env: PruningEnv, run: RunDi
     return _candidates(pairs, preset.targets)
 
 
-def export_front(run: RunDir, env: PruningEnv, study: Any, agent: str) -> list[Policy]:
+def export_front(run: SearchRunDir, env: PruningEnv, study: Any, agent: str) -> list[Policy]:
     """A multi-objective study's (NSGA-II's) Pareto front as policies, CSV and plot.
 
     The front is holdout accuracy on the reward part against MACs kept.

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._run_dir import RunDir
+from ._run_dir import SearchRunDir
 from ._searcher import Candidate, add_candidate
 
 __all__ = ["Tracker", "episode_row"]
@@ -24,7 +24,7 @@ def episode_row(episode: int, target: float, reward: float, accuracy: float, mac
 class Tracker:
     """Records each finished episode; keeps the distinct policies per target with their rewards."""
 
-    def __init__(self, run: RunDir, channels: np.ndarray) -> None:
+    def __init__(self, run: SearchRunDir, channels: np.ndarray) -> None:
         self.run, self.channels = run, channels
         self.candidates: dict[float, list[Candidate]] = {}  # target -> [[reward, counts], ...]
         self.episodes = self.total = 0
@@ -65,7 +65,12 @@ class Tracker:
             tb.add_scalar(f"target_{target:g}/{key}", value, episode)
 
     def advance(self, n: int = 1, **postfix: Any) -> None:
-        """Move the bar (also for trials that ended without an episode: pruned ones, other workers')."""
+        """Move the bar (also for trials that ended without an episode: pruned ones, other workers').
+
+        A finished trial or episode makes the run worth resuming: from then on a failure keeps its folder.
+        """
+        if n > 0:
+            self.run.mark_started()
         if self.bar is not None:
             if postfix:
                 self.bar.set_postfix(**postfix)

@@ -1,5 +1,6 @@
 """Fine-tunes as Ray Tune trials: one trial per policy (`autoprune finetune --policy a.json b.json --ray`).
 
+    OUT/autoprune-run.json  the marker of a run of autoprune (kind finetune-ray; see autoprune._run_dir)
     OUT/config.yaml     the experiment: each trial's TrainConfig and the Ray options (what --resume replays)
     OUT/<trial>/        each trial's training run directory (the layout of a single run)
     OUT/tune/           Ray Tune's experiment: trial checkpoints, its own logs
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import load_torch
+from .._run_dir import RunDir
 from ..errors import AutopruneError
 from ..tune import ExperimentDir, RayOptions, TrialOutcome, run_experiment
 from ._config import TrainConfig, make_config
@@ -82,13 +84,13 @@ def finetune_on_ray(policies: Sequence[str | os.PathLike[str]], data_dir: str | 
     """Fine-tune every policy as one Tune trial; ``settings`` go to :func:`make_config`.
 
     ``preset="auto"`` means ``cifar`` when trials get a GPU, else ``cpu``.
-    Every policy is checked against its checkpoint before Ray starts.
+    Every policy, and ``out`` (:class:`~autoprune._run_dir.RunDir`), is checked before Ray starts.
     """
     from ..checkpoints import load_model
     from ..policy import Policy
     from ..pruning import space_for
 
-    folder = ExperimentDir.claim(out, overwrite=overwrite)
+    folder = ExperimentDir.claim(out, "finetune-ray", overwrite=overwrite)
     checked = {}
     for name, path in zip(_names(policies), policies):
         policy = Policy.load(path)
@@ -116,8 +118,8 @@ def _epochs(trial: dict[str, Any]) -> int:
 
 def read_experiment(out: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The saved config of an experiment folder, or None when ``out`` holds a single training run."""
-    saved = ExperimentDir.open(out, "a run").saved
-    return saved if isinstance(saved, dict) and "experiment" in saved else None
+    run = RunDir.open(out, writing=False)
+    return run.read_config() if run.kind == "finetune-ray" else None
 
 
 def resume_experiment(out: str | os.PathLike[str], address: str | None = None, *,
@@ -126,11 +128,8 @@ def resume_experiment(out: str | os.PathLike[str], address: str | None = None, *
 
     ``address`` replaces the saved cluster address (a restarted cluster may have a new one).
     """
-    out = Path(out).resolve()
-    saved = read_experiment(out)
-    if saved is None:
-        raise AutopruneError(f"{out} is a single training run, not a Tune experiment; resume it without --ray.")
-    options = RayOptions(**saved["ray"])
+    folder = ExperimentDir.open(out, "finetune-ray")
+    options = RayOptions(**folder.saved["ray"])
     if address is not None:
         options = replace(options, address=address)
-    return run_experiment(ExperimentDir(out, saved), trainable, options, key="trials", epochs=_epochs)
+    return run_experiment(folder, trainable, options, key="trials", epochs=_epochs)

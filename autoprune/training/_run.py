@@ -1,5 +1,6 @@
 """A training run and its directory.
 
+    RUN/autoprune-run.json    the marker of a run of autoprune (see autoprune._run_dir)
     RUN/config.yaml           the resolved TrainConfig (what --resume replays)
     RUN/policy.json           the policy trained (a copy; updated with the final accuracies)
     RUN/log.txt               human-readable progress
@@ -29,8 +30,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._device import resolve_device
-from .._io import load_torch, reading, save_torch, write_json
-from ..checkpoints import PRUNED_FORMAT, load_model, load_pruned, save_pruned
+from .._io import json_bytes, load_torch, reading, save_torch
+from ..checkpoints import PRUNED_FORMAT, load_model, load_pruned, pruned_state
 from ..data import DeviceLoader, load_dataset, make_splits
 from ..errors import AutopruneError, CheckpointError
 from ..evaluate import Evaluator
@@ -39,7 +40,7 @@ from ..policy import Policy
 from ..pruning import apply, space_for
 from ._config import TrainConfig
 from ._loop import Trainer
-from ._run_dir import METRIC_FIELDS, RunDir, resume_config
+from ._run_dir import METRIC_FIELDS, TrainingRunDir, kind_of, resume_config
 
 __all__ = ["METRIC_FIELDS", "EpochEnd", "TrainResult", "resume_config", "train"]
 
@@ -133,16 +134,18 @@ def train(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     of ``out/checkpoints/last.pt``. A run that is already complete is not
     trained again: its result is returned. Ctrl-C between epochs leaves the
     last epoch's checkpoint; ``resume`` then ends with the same weights as an
-    uninterrupted run.
+    uninterrupted run. ``out`` is claimed before any work
+    (:class:`~autoprune._run_dir.RunDir`), and a run that fails before its
+    first epoch is on disk removes what it wrote. ``progress`` is recorded, so
+    a resume from the command line keeps ``--no-progress``.
     """
     out = Path(out)
     resuming = resume or state is not None
     if resuming:
-        if not (out / "config.yaml").is_file():
-            raise AutopruneError(f"{out} is not a training run (no config.yaml); start one without --resume.")
+        run = TrainingRunDir.open(out)
         policy = Policy.load(out / "policy.json") if config.policy is not None else None
     else:
-        RunDir.refuse(out, overwrite)
+        TrainingRunDir.check(out, kind=kind_of(config), overwrite=overwrite)
         policy = Policy.load(config.policy) if config.policy is not None else None
     if policy is not None:
         _refuse_kernel_sparse(policy, config.policy, config.mode)
@@ -153,13 +156,10 @@ def train(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fa
                              f"{data.num_classes} classes.")
     model, teacher = _build(config, policy, data.num_classes)  # a policy for another checkpoint fails here
     if resuming:
-        run = RunDir(out)
         for stale in run.last.parent.glob(".*.tmp"):  # a write cut short by a kill
             stale.unlink()
         if state is None and run.last.is_file():
             state = load_torch(run.last, "Training checkpoint", hint=_RESTART)
-    else:
-        run = RunDir.create(out, config, policy, overwrite)
     splits = make_splits(len(data.train_labels), holdout=config.holdout, seed=config.seed)
     info = get_model_info(str(config.arch))
     evaluator = Evaluator(data, splits, mean=info.mean, std=info.std, device=device, batch_size=config.eval_batch_size)
@@ -171,7 +171,10 @@ def train(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     trainer = Trainer(model, recipe, loader, device, teacher=teacher,
                       kd_temperature=config.kd.temperature if config.kd else 4.0,
                       kd_weight=config.kd.weight if config.kd else 0.9)
-    return _Session(config, run, trainer, evaluator, policy, state, resuming, progress, on_epoch_end).run()
+    if not resuming:
+        run = TrainingRunDir.start(out, config, policy, overwrite=overwrite, cli_options={"progress": progress})
+    with run.cleanup_unless_started():
+        return _Session(config, run, trainer, evaluator, policy, state, resuming, progress, on_epoch_end).run()
 
 
 _RESTART = "Delete it to train this run again from the start, or restore it from a copy of the run."
@@ -183,7 +186,7 @@ _TAGS = {"train_loss": "train/loss", "train_top1": "train/top1", "lr": "train/lr
 class _Session:
     """The epoch loop of one run: evaluation, metrics, checkpoints, the final model."""
 
-    def __init__(self, config: TrainConfig, run: RunDir, trainer: Trainer, evaluator: Evaluator,
+    def __init__(self, config: TrainConfig, run: TrainingRunDir, trainer: Trainer, evaluator: Evaluator,
                  policy: Policy | None, state: dict[str, Any] | None, resuming: bool, progress: bool,
                  on_epoch_end: Callable[[EpochEnd], None] | None) -> None:
         self.config, self.dir, self.trainer, self.evaluator, self.policy = config, run, trainer, evaluator, policy
@@ -238,6 +241,7 @@ class _Session:
                    "seconds": stats.seconds}
         run.append(metrics)  # before the checkpoint: a resume drops rows newer than its checkpoint
         save_torch(run.last, trainer.state_dict())  # atomic: Ctrl-C leaves the previous epoch's
+        run.mark_started()
         for key, tag in _TAGS.items():
             writer.add_scalar(tag, metrics[key], stats.epoch)
         run.log(f"epoch {stats.epoch}: loss {stats.loss:.4f}, train top-1 {stats.accuracy:.4f}, holdout top-1 "
@@ -267,10 +271,11 @@ class _Session:
                 "run": str(run.path), "before": dict(policy.accuracy)}}
             policy.accuracy = {"holdout": metrics["holdout_top1"], "test": test.top1}
             metrics.update(macs=policy.macs, params=policy.params, macs_fraction=policy.macs_fraction)
-            save_pruned(model_file, model, policy)
-            policy.save(run.path / "policy.json")
+            outputs = {"model.pt": lambda f: torch.save(pruned_state(model, policy), f),
+                       "policy.json": lambda f: f.write(json_bytes(policy.to_dict()))}
         else:
-            save_torch(model_file, {"state_dict": model.state_dict(), "arch": self.config.arch})
-        write_json(result_file, metrics)
+            outputs = {"model.pt": lambda f: torch.save({"state_dict": model.state_dict(), "arch": self.config.arch}, f)}
+        result = json_bytes(metrics)
+        run.write_outputs({**outputs, "result.json": lambda f: f.write(result)})  # all or none; result.json says done
         run.log(f"done: holdout top-1 {metrics['holdout_top1']:.4f}, test top-1 {test.top1:.4f}; wrote {model_file}")
         return TrainResult(run.path, metrics, model_file)

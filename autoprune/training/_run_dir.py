@@ -4,67 +4,55 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
-import time
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
-from .._io import read_yaml, reading, write_bytes
-from ..errors import AutopruneError
+from .._io import reading
+from .._run_dir import RunDir
 from ..policy import Policy
 from ._config import TrainConfig
 
-__all__ = ["METRIC_FIELDS", "RunDir", "resume_config"]
+__all__ = ["METRIC_FIELDS", "TrainingRunDir", "resume_config"]
 
 METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "holdout_top1", "holdout_top5", "images_per_s", "seconds"]
 
 
 def resume_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
     """The configuration of the training run in ``run_dir``."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise AutopruneError(f"{run_dir} is not a training run (no config.yaml).")
-    hint = "Restore it from a copy of the run."
-    data = read_yaml(path, "Training configuration", hint=hint)
-    with reading(path, "Training configuration", hint=hint):
-        return TrainConfig.from_dict(data)
+    run = TrainingRunDir.open(run_dir, writing=False)
+    with reading(run.path / "config.yaml", "Training configuration", hint="Restore it from a copy of the run."):
+        return TrainConfig.from_dict(run.read_config())
 
 
-class RunDir:
-    """The files of one run: create (refusing to overwrite another run), log, metrics rows, the checkpoint path."""
+def kind_of(config: TrainConfig) -> str:
+    """The run kind (the command) of a training config: finetune, or train (from scratch)."""
+    return "finetune" if config.mode == "finetune" else "train"
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.last = path / "checkpoints" / "last.pt"
-        self.metrics_csv = path / "metrics.csv"
 
-    @staticmethod
-    def refuse(path: Path, overwrite: bool) -> None:
-        """Refuse to start a run in a folder that holds one, unless told to replace it."""
-        if (path / "config.yaml").exists() and not overwrite:
-            raise AutopruneError(f"{path} already holds a run; resume it with --resume {path}, "
-                                 "or choose another --out (or pass --overwrite).")
+class TrainingRunDir(RunDir):
+    """The files of one training run (finetune or train): log, metrics rows, the checkpoint path.
+
+    Claimed, replaced and resumed as :class:`autoprune._run_dir.RunDir` says.
+    """
+
+    KINDS = ("finetune", "train")
+
+    def __init__(self, path: str | os.PathLike[str], kind: str | None = None) -> None:
+        super().__init__(path, kind)
+        self.last = self.path / "checkpoints" / "last.pt"
+        self.metrics_csv = self.path / "metrics.csv"
 
     @classmethod
-    def create(cls, path: Path, config: TrainConfig, policy: Policy | None, overwrite: bool) -> RunDir:
-        cls.refuse(path, overwrite)
-        if overwrite and path.exists():
-            shutil.rmtree(path)
-        path.mkdir(parents=True, exist_ok=True)
-        run = cls(path)
+    def start(cls, path: str | os.PathLike[str], config: TrainConfig, policy: Policy | None, *, overwrite: bool = False,
+              cli_options: Mapping[str, Any] | None = None) -> TrainingRunDir:
+        """Create the run of ``config`` (:meth:`create`) with its policy copy and the metrics header."""
+        run = cls.create(path, kind=kind_of(config), overwrite=overwrite, cli_options=cli_options)
         if policy is not None:
-            policy.save(path / "policy.json")
-        text = yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
-        write_bytes(path / "config.yaml", lambda f: f.write(text))
+            policy.save(run.path / "policy.json")
         with open(run.metrics_csv, "w", newline="") as f:
             csv.writer(f).writerow(METRIC_FIELDS)
+        run.write_config(config.to_dict())  # last: a run with a config.yaml has all its files
         return run
-
-    def log(self, message: str) -> None:
-        with open(self.path / "log.txt", "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def append(self, row: dict[str, Any]) -> None:
         with open(self.metrics_csv, "a", newline="") as f:

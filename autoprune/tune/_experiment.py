@@ -16,65 +16,58 @@ run-directory base replaces it in one place.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .._io import write_bytes
-from ..errors import AutopruneError
+from .._run_dir import RunDir
 from ._cluster import RayOptions, ray_session
 from ._trials import OUTCOME_FIELDS, Trainable, TrialOutcome, run_trials, write_outcomes
 
 __all__ = ["ExperimentDir", "run_experiment"]
 
-CONFIG = "config.yaml"
-
 
 class ExperimentDir:
     """The folder of one experiment: a new one (:meth:`claim`, then :meth:`create`) or a saved one (:meth:`open`).
 
+    Claiming, replacing and resuming follow the run-directory base (:class:`autoprune._run_dir.RunDir`):
+    a user's folder or another command's run is refused, ``--overwrite`` replaces only a run of autoprune,
+    and an experiment that fails before any trial started leaves nothing behind.
+
     Attributes:
         path: the folder, absolute.
+        kind: the run kind of the base ("sweep", "finetune-ray").
         saved: the parsed config.yaml of a saved experiment (to resume); None for a new one.
-        overwrite: a new experiment replaces the run already in ``path``.
+        run: the run directory, once created or opened.
     """
 
-    def __init__(self, path: Path, saved: Any = None, *, overwrite: bool = False) -> None:
-        self.path = path
-        self.saved = saved  # parsed YAML: a mapping, unless the file is not an experiment's
-        self.overwrite = overwrite
+    def __init__(self, path: Path, kind: str, saved: dict[str, Any] | None = None, *, overwrite: bool = False,
+                 cli_options: Mapping[str, Any] | None = None, run: RunDir | None = None) -> None:
+        self.path, self.kind, self.saved, self.run = path, kind, saved, run
+        self._overwrite, self._cli_options = overwrite, cli_options
 
     @classmethod
-    def claim(cls, out: str | os.PathLike[str], *, overwrite: bool = False) -> ExperimentDir:
-        """A new experiment in ``out``, refused now (before Ray starts) when ``out`` holds a run, unless ``overwrite``.
+    def claim(cls, out: str | os.PathLike[str], kind: str, *, overwrite: bool = False,
+              cli_options: Mapping[str, Any] | None = None) -> ExperimentDir:
+        """A new experiment in ``out``, refused now (before Ray starts) when ``out`` may not take it.
 
         Nothing is written before :meth:`create`.
         """
         path = Path(out).resolve()
-        if (path / CONFIG).exists() and not overwrite:
-            raise AutopruneError(f"{path} already holds a run; resume it with --resume {path}, or choose another --out "
-                                 "(or pass --overwrite).")
-        return cls(path, overwrite=overwrite)
+        RunDir.check(path, kind=kind, overwrite=overwrite)
+        return cls(path, kind, overwrite=overwrite, cli_options=cli_options)
 
     @classmethod
-    def open(cls, out: str | os.PathLike[str], what: str) -> ExperimentDir:
-        """The experiment saved in ``out``; ``what`` ("a sweep") names it when ``out`` has no config.yaml."""
-        path = Path(out)
-        if not (path / CONFIG).is_file():
-            raise AutopruneError(f"{out} is not {what} (no config.yaml).")
-        return cls(path.resolve(), yaml.safe_load((path / CONFIG).read_text()))
+    def open(cls, out: str | os.PathLike[str], kind: str, *, writing: bool = True) -> ExperimentDir:
+        """The experiment of ``kind`` saved in ``out`` (``writing=False``: only to read it)."""
+        run = RunDir.open(Path(out).resolve(), kind=kind, writing=writing)
+        return cls(run.path, kind, run.read_config(), run=run)
 
     def create(self, config: Mapping[str, Any]) -> None:
-        """Create the folder (emptied first with ``overwrite``) and save ``config`` as its config.yaml."""
-        if self.overwrite and self.path.exists():
-            shutil.rmtree(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(dict(config), sort_keys=False)
-        write_bytes(self.path / CONFIG, lambda f: f.write(text.encode()))
+        """Create the run directory (replacing a run of autoprune with ``overwrite``) and save ``config``."""
+        self.run = RunDir.create(self.path, config, kind=self.kind, overwrite=self._overwrite,
+                                 cli_options=self._cli_options)
 
 
 def run_experiment(folder: ExperimentDir, trainable: Trainable, options: RayOptions, *, key: str,
@@ -99,7 +92,11 @@ def run_experiment(folder: ExperimentDir, trainable: Trainable, options: RayOpti
             config = plan(decided)
             trials = config.pop(key)
             folder.create({**config, "ray": asdict(decided), key: trials})
-        outcomes = run_trials(trainable, trials, folder.path / "tune", decided,
-                              max_t=max(epochs(t) for t in trials.values()), resume=resume)
+        run = folder.run
+        assert run is not None  # created or opened above
+        with run.cleanup_unless_started():  # kept as soon as a trial has started (a search episode, an epoch)
+            outcomes = run_trials(trainable, trials, folder.path / "tune", decided,
+                                  max_t=max(epochs(t) for t in trials.values()), resume=resume)
+        run.mark_started()
     write_outcomes(folder.path / "results.csv", outcomes, fields)
     return outcomes
