@@ -219,9 +219,12 @@ def run_export_policy(args: argparse.Namespace) -> int:
     from .search import export_policy, resume_config
 
     config = resume_config(args.run)
-    policy = export_policy(args.run, _fractions([args.target_flops], config.arch, config.space)[0], args.out)
+    target = _fractions([args.target_flops], config.arch, config.space)[0]
+    out = Path(args.out) if args.out else Path(args.run) / f"policy-{target:g}.json"
+    policy = export_policy(args.run, target, out)
     print(f"{policy.arch} at target {args.target_flops}: {policy.macs_fraction:.2%} MACs, "
           f"holdout top-1 {100 * policy.accuracy['holdout']:.2f}%")
+    print(f"wrote {out}")
     return 0
 
 

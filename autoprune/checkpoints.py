@@ -130,7 +130,8 @@ def pretrained_path(arch: str, *, download: bool = True) -> Path:
     path = cache_root() / "checkpoints" / weights.filename
     if path.is_file():
         return path
-    hint = f"Download {weights.url} (sha256 {weights.sha256[:16]}...) to {path}, or pass --checkpoint PATH."
+    hint = (f"Download {weights.url} (sha256 {weights.sha256[:16]}...) to {path}, or give the file you have: "
+            f"load_model({arch!r}, 'path/to/file.th') from Python, --checkpoint PATH on the command line.")
     if not download:
         raise CheckpointError(f"No pretrained {arch} checkpoint in the cache. {hint}")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -105,6 +105,7 @@ def test_command_line_search_resume_and_export(tiny, tmp_path, capsys):
                  "--out", str(tmp_path / "run"), *common])
     assert code == 0 and "uniform-L1" in capsys.readouterr().out
     assert main(["export-policy", "--run", str(tmp_path / "run"), "--target-flops", "0.45"]) == 0
+    assert f"wrote {tmp_path / 'run' / 'policy-0.45.json'}" in capsys.readouterr().out  # where it went
     exported = json.loads((tmp_path / "run" / "policy-0.45.json").read_text())
     assert exported["macs"] <= 0.45 * exported["base_macs"]
     assert main(["export-policy", "--run", str(tmp_path / "run"), "--target-flops", "0.9"]) == 2
@@ -113,3 +114,11 @@ def test_command_line_search_resume_and_export(tiny, tmp_path, capsys):
     assert "not 'resnet32'" in capsys.readouterr().err
     assert main(["search", "--arch", "resnet20", "--agent", "dpg", "--out", str(tmp_path / "x"), *common]) == 2
     assert "Did you mean 'ddpg'" in capsys.readouterr().err
+
+
+def test_a_search_says_its_plan_before_the_first_episode(tiny, tmp_path, capsys):
+    """The set-up steps and the plan (targets, episodes) are printed first: an asked target widens cacp's range."""
+    search(config(tiny, "cacp", episodes=1, targets=[0.4]), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "targets 0.3, 0.4, 0.5, 0.7; 4 episodes" in err
+    assert err.index("autoprune search: loading resnet20") < err.index("targets 0.3")

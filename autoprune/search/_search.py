@@ -11,6 +11,7 @@ imports this module.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from ..policy import Policy
 from ._config import SearchConfig, SearchResult
 from ._pick import pick
 from ._preset import Preset
-from ._registry import load_entry_point
+from ._registry import RL, load_entry_point
 from ._run_dir import SearchRunDir
 from ._searcher import Searcher
 from ._session import resolve_preset, setup
@@ -47,15 +48,29 @@ def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = 
         run = SearchRunDir.open(out)
     else:
         SearchRunDir.check(out, overwrite=overwrite)
+    _say(f"loading {config.arch} ({config.checkpoint}), decoding {config.data_dir}, tracing the model's groups")
     preset, env, _, _ = setup(config)
     config.preset = preset.to_dict()
     if not resume:
         run = SearchRunDir.create(out, asdict(config), overwrite=overwrite, cli_options=cli_options)
+    kind = preset.spec.kind
+    plan = (f"{preset.name} ({kind.description}) on {env.n} groups: targets "
+            f"{', '.join(f'{t:g}' for t in preset.targets)}; "
+            + ("one answer per target" if kind.selects_channels else f"{preset.total_episodes} episodes")
+            + (" (one conditional agent learns its range's targets and the asked ones together)"
+               if kind is RL and len(preset.targets) > 1 else ""))
+    _say(plan)
+    run.log(plan)
     with run.cleanup_unless_started():
         proposals = searcher_for(config, preset).search(env, run, resume)
         run.log("time split (s): " + ", ".join(f"{k} {v:.1f}" for k, v in proposals.seconds.items())
                 + f"; evaluations {proposals.evaluations}")
         return pick(config, run, env, proposals)
+
+
+def _say(message: str) -> None:
+    """A set-up step on stderr, so that a long start (decoding, tracing) is never silent."""
+    print(f"autoprune search: {message}", file=sys.stderr, flush=True)
 
 
 def resume_config(run_dir: str | os.PathLike[str], arch: str | None = None, space: str | None = None) -> SearchConfig:

@@ -35,7 +35,8 @@ class Tracker:
         """``done`` trials are behind us, ``episodes`` of them (default: all) ended with an episode."""
         self.total, self.candidates = total, candidates
         self.episodes = done if episodes is None else episodes
-        self.bar = tqdm(total=total, initial=done, desc="search", unit="ep")
+        # a low smoothing: the ETA follows the average episode, not the last (often a cached or warm-up one)
+        self.bar = tqdm(total=total, initial=done, desc="search", unit="ep", smoothing=0.05)
 
     def _tensorboard(self) -> Any:
         if self._writer is None:
