@@ -36,7 +36,7 @@ from autoprune.errors import AutopruneError, CheckpointError, PolicyError
 from autoprune.policy import Policy
 from autoprune.search import export_policy, resume_config, search
 from autoprune.search._agent_files import read_agent, restore_agent, save_agent
-from autoprune.search._run_dir import RunDir
+from autoprune.search._run_dir import SearchRunDir as RunDir
 from autoprune.training import make_config, train
 from autoprune.training import resume_config as train_resume_config
 

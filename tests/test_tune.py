@@ -88,7 +88,7 @@ def test_a_ray_the_session_started_is_shut_down_however_the_block_ends(monkeypat
         raise AutopruneError("a trial could not be set up")
 
     with pytest.raises(AutopruneError, match="could not be set up"):
-        run_experiment(ExperimentDir.claim(tmp_path / "exp"), killed_once, RayOptions(), key="trials", plan=plan,
+        run_experiment(ExperimentDir.claim(tmp_path / "exp", "finetune-ray"), killed_once, RayOptions(), key="trials", plan=plan,
                        epochs=lambda trial: 1)
     assert calls == ["init", "shutdown"] and not (tmp_path / "exp").exists()
 

@@ -46,6 +46,7 @@ def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = 
     """
     if resume:
         run = SearchRunDir.open(out)
+        run.read_config()  # a damaged or planted config.yaml is refused by name before any work
     else:
         SearchRunDir.check(out, overwrite=overwrite)
     _say(f"loading {config.arch} ({config.checkpoint}), decoding {config.data_dir}, tracing the model's groups")
