@@ -12,12 +12,13 @@ from .._io import write_bytes
 from .._table import format_table
 from ..errors import AutopruneError
 from ._plots import curves_figure, ratios_figure, tradeoff_figure
-from ._run import Row, RunView, read_run
+from ._run import EPISODES, EVALUATIONS, Row, RunView, read_run
 
-__all__ = ["write_report", "compare", "table_rows", "HEADERS"]
+__all__ = ["write_report", "compare", "table_rows", "tradeoff_points", "HEADERS"]
 
-HEADERS = ["policy", "target", "MACs kept", "params kept", "holdout %", "test %", "fine-tuned holdout %",
-           "fine-tuned test %"]
+# The search's own table puts uniform-L1 beside every pick (result.json's "uniform"); so does the report.
+HEADERS = ["policy", "target", "MACs kept", "params kept", "holdout %", "test %", "uniform-L1 holdout %",
+           "uniform-L1 test %", "fine-tuned holdout %", "fine-tuned test %"]
 
 
 def _pct(x: float | None) -> str:
@@ -25,8 +26,10 @@ def _pct(x: float | None) -> str:
 
 
 def table_rows(rows: Sequence[Row]) -> list[tuple[str, ...]]:
+    """The cells of ``rows`` under ``HEADERS``; "-" where a figure was not measured."""
     return [(r.label, "-" if r.target is None else f"{r.target:g}", f"{r.macs:.3f}", f"{r.params:.3f}",
-             _pct(r.holdout), _pct(r.test), _pct(r.finetuned_holdout), _pct(r.finetuned_test)) for r in rows]
+             _pct(r.holdout), _pct(r.test), _pct(r.uniform_holdout), _pct(r.uniform_test), _pct(r.finetuned_holdout),
+             _pct(r.finetuned_test)) for r in rows]
 
 
 def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -51,12 +54,33 @@ def _notes(view: RunView) -> list[str]:
     notes = [f"{view.kind} of {view.arch} on {view.dataset}, {view.path}"]
     if view.partial:
         notes.append("PARTIAL: this run has not finished (or was interrupted); the report shows what exists so far.")
-    if view.episodes:
-        notes.append(f"{len(view.episodes)} episodes (distinct evaluations: "
-                     f"{sum(1 for r in view.episodes if r.get('cached') == '0')}).")
-    if view.seconds is not None:
-        notes.append(f"wall time {view.seconds / 60:.1f} min (log).")
+    if view.kind == "search":
+        if view.episodes:
+            notes.append(f"{len(view.episodes)} episodes ({EPISODES}).")
+        notes.append(f"{view.evaluations} evaluations ({EVALUATIONS})." if view.evaluations is not None else
+                     "evaluations: counted in result.json when the run finishes.")
+    wall = view.wall
+    if wall is not None and wall.source == "result.json":
+        notes.append(f"wall time {wall.seconds / 60:.1f} min: started {wall.started:%Y-%m-%d %H:%M:%S}, "
+                     f"finished {wall.finished:%Y-%m-%d %H:%M:%S} (result.json).")
+    elif wall is not None:
+        notes.append(f"wall time at least {wall.seconds / 60:.1f} min: log.txt's first to last line (the run did not "
+                     "record its start and end; its log begins after the start, a search's at its first checkpoint "
+                     "or later).")
     return notes
+
+
+def tradeoff_points(view: RunView) -> list[tuple[str, list[Row]]]:
+    """The labelled rows the report's trade-off plot draws (each split into series by split there)."""
+    if view.kind == "sweep":  # one line per agent; cells are named <agent>-t<target>
+        agents = sorted({r.label.rsplit("-t", 1)[0] for r in view.rows})
+        return [(a, [r for r in view.rows if r.label.rsplit("-t", 1)[0] == a]) for a in agents]
+    front = [Row(f"#{r['trial']}", None, float(r["macs_fraction"]), float(r["params_fraction"]),
+                 float(r["accuracy"]), None) for r in view.front]
+    picks = [r for r in view.rows if not r.exported]
+    exported = [r for r in view.rows if r.exported]
+    return [(label, rows) for label, rows in (("final picks", picks), ("exported by the agent", exported),
+                                              ("Pareto front, reward part", front)) if rows]
 
 
 def write_report(run_dir: str | os.PathLike[str]) -> Path:
@@ -67,14 +91,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
               if p is not None]
     if len(view.rows) > 1 or view.front:
         background = [(float(r["macs_fraction"]), 100 * float(r["accuracy"])) for r in view.episodes]
-        front = [Row(f"#{r['trial']}", None, float(r["macs_fraction"]), float(r["params_fraction"]),
-                     float(r["accuracy"]), None) for r in view.front]
-        if view.kind == "sweep":  # one line per agent; cells are named <agent>-t<target>
-            agents = sorted({r.label.rsplit("-t", 1)[0] for r in view.rows})
-            series = [(a, [r for r in view.rows if r.label.rsplit("-t", 1)[0] == a]) for a in agents]
-        else:
-            series = [("final picks", view.rows)] + ([("Pareto front (reward part)", front)] if front else [])
-        images.append(tradeoff_figure(series, out / "report-tradeoff.png", background=background))
+        images.append(tradeoff_figure(tradeoff_points(view), out / "report-tradeoff.png", background=background))
     rows = table_rows(view.rows)
     notes = _notes(view)
     title = f"autoprune report: {out.name}"

@@ -9,6 +9,8 @@ measured already: nothing to re-judge, the same table and files.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from tqdm.auto import tqdm
 
 from .._io import json_bytes
@@ -27,8 +29,12 @@ TABLE_HEADER = ["target", "MACs kept", "params kept", "holdout %", "test %", "un
                 "uniform-L1 test %"]
 
 
-def pick(config: SearchConfig, run: SearchRunDir, env: PruningEnv, proposals: Proposals) -> SearchResult:
-    """The final policy per target from ``proposals``: saved, tabled beside uniform-L1, summed up in result.json."""
+def pick(config: SearchConfig, run: SearchRunDir, env: PruningEnv, proposals: Proposals, *,
+         started: str | None = None) -> SearchResult:
+    """The final policy per target from ``proposals``: saved, tabled beside uniform-L1, summed up in result.json.
+
+    ``started`` (ISO 8601) is when this process's search began; result.json records it and the end.
+    """
     targets = [float(t) for t in env.config.targets]
     missing = [t for t in targets if t not in proposals.answers and not proposals.pools.get(t)]
     if missing:
@@ -55,7 +61,8 @@ def pick(config: SearchConfig, run: SearchRunDir, env: PruningEnv, proposals: Pr
     run.log("\n".join(["final", table, *proposals.notes]))
     outputs = {  # all or none; the policy-<target>.json files, which say a search finished, go in last
         "result.json": json_bytes({  # what the table and the log say, for scripts and reports
-            "evaluations": proposals.evaluations, "seconds": proposals.seconds,
+            "evaluations": proposals.evaluations, "seconds": proposals.seconds, "started": started,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "uniform": {f"{t:g}": {"holdout": h, "test": u} for t, (h, u) in references.items()}}),
         "policy.json": json_bytes(policies[main].to_dict()),  # the first target asked for
         **{f"policy-{t:g}.json": json_bytes(p.to_dict()) for t, p in policies.items()}}

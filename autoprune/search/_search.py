@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import datetime, timezone
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,11 @@ def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = 
     _say(plan)
     run.log(plan)
     with run.cleanup_unless_started():
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")  # the report's wall time
         proposals = searcher_for(config, preset).search(env, run, resume)
         run.log("time split (s): " + ", ".join(f"{k} {v:.1f}" for k, v in proposals.seconds.items())
                 + f"; evaluations {proposals.evaluations}")
-        return pick(config, run, env, proposals)
+        return pick(config, run, env, proposals, started=started)
 
 
 def _say(message: str) -> None:
