@@ -44,6 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ERROR_LINE = re.compile(r"^autoprune(?: [\w-]+)?: error:", re.MULTILINE)
+SETUP_LINE = re.compile(r"autoprune search: (?!error: )")
 
 
 @dataclass
@@ -105,7 +106,8 @@ def classify(case: Case, results: list[Result]) -> tuple[str, str]:
         return "wrongly accepted", problem or "exit 0"
     if problem.startswith("damage:"):
         return "wrongly accepted", problem
-    lines = [line for line in last.err.strip().splitlines() if line.strip()]
+    # a search says its set-up steps on stderr first ("autoprune search: loading ..."): progress, not errors
+    lines = [line for line in last.err.strip().splitlines() if line.strip() and not SETUP_LINE.match(line)]
     if len(ERROR_LINE.findall(last.err)) != 1 or len(lines) > 1:
         return "unclear error", f"{len(lines)} lines on stderr: {' | '.join(lines[:2])[:110]}"
     missing = [s for s in case.says if s not in last.err]

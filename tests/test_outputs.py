@@ -34,8 +34,10 @@ def run(capsys, *argv):
 
 
 def one_error(err: str, *says: str) -> str:
-    """The single `autoprune ...: error:` line of ``err`` (besides progress bars), which must hold every ``says``."""
-    lines = [line for line in re.split(r"[\r\n]+", err) if line.strip() and "%|" not in line]
+    """The single `autoprune ...: error:` line of ``err`` (besides progress: bars and a search's set-up steps),
+    which must hold every ``says``."""
+    progress = re.compile(r"%\||^autoprune search: (?!error: )")
+    lines = [line for line in re.split(r"[\r\n]+", err) if line.strip() and not progress.search(line)]
     assert len(lines) == 1 and lines[0].startswith("autoprune ") and ": error: " in lines[0], err
     assert "Traceback" not in err and all(s in lines[0] for s in says), lines[0]
     return lines[0]
