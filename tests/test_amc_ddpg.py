@@ -269,6 +269,7 @@ def test_restored_agent_predicts_as_the_saved_one(tmp_path):
 # --- learning -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_improves_on_warmup_reward():
     env = ToyPruneEnv()
     model = make(env, warmup_episodes=10, seed=0)

@@ -154,6 +154,7 @@ def test_an_unreachable_target_is_refused_before_training(tmp_path, method):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,settings,other", [
     ("slimming", {"epochs": 2}, {"lambda": 1e-3}),
     ("dcp", {"epochs": 2, "warmup": 2, "interval": 2}, {"decay": 0.5}),
@@ -301,6 +302,7 @@ def test_a_method_stating_its_macs_and_leaving_the_selection(tiny, bundle, tmp_p
         policy.validate(space)
 
 
+@pytest.mark.slow
 def test_slimming_from_the_command_line_then_finetune_from_its_weights(tiny, tmp_path, capsys):
     from autoprune.cli import main
     from autoprune.training import make_config, train

@@ -50,6 +50,7 @@ def interrupt_at_episode(monkeypatch, n):
     monkeypatch.setattr(_tracker.Tracker, "episode", episode)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("agent", ["tpe", "random", "qmc", "cmaes"])
 def test_resume_ends_with_the_trials_of_an_uninterrupted_study(tiny, tmp_path, monkeypatch, agent):
     (tmp_path / f"{agent}.yaml").write_text(f"algorithm: {agent}\nwarmup_episodes: 2\n")
@@ -64,6 +65,7 @@ def test_resume_ends_with_the_trials_of_an_uninterrupted_study(tiny, tmp_path, m
     assert episode_rows(tmp_path / "straight") == episode_rows(tmp_path / "resumed")
 
 
+@pytest.mark.slow
 def test_nsga2_exports_a_non_dominated_front(tiny, tmp_path):
     search(search_config(tiny, "nsga2", episodes=8), tmp_path / "moo")
     with open(tmp_path / "moo" / "front.csv", newline="") as f:
@@ -76,6 +78,7 @@ def test_nsga2_exports_a_non_dominated_front(tiny, tmp_path):
     assert (tmp_path / "moo" / "front.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_multi_fidelity_prunes_and_scores_as_a_full_evaluation(tiny, tmp_path):
     (tmp_path / "mf.yaml").write_text("algorithm: random\nmulti_fidelity: true\nwarmup_episodes: 1\n")
     search(search_config(tiny, str(tmp_path / "mf.yaml"), episodes=8), tmp_path / "mf")
@@ -96,11 +99,13 @@ def test_env_screen_sees_a_quarter_and_the_total_is_unchanged(tiny):
     assert seen and env.accuracy(counts)[0] == with_screen
 
 
+@pytest.mark.slow
 def test_two_workers_finish_the_study(tiny, tmp_path):
     search(search_config(tiny, "random", episodes=6, workers=2), tmp_path / "par")
     assert len(episode_rows(tmp_path / "par")) >= 6 and (tmp_path / "par" / "policy.json").is_file()
 
 
+@pytest.mark.slow
 def test_ray_run_leaves_the_artefacts_of_a_serial_run(tiny, tmp_path):
     import ray
 

@@ -50,6 +50,7 @@ def interrupt_after_first_checkpoint(monkeypatch):
     monkeypatch.setattr(_run_dir.SearchRunDir, "save_checkpoint", save_then_interrupt)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("agent", ["ddpg", "cacp", "td3"])
 def test_resume_ends_as_an_uninterrupted_run(tiny, tmp_path, monkeypatch, agent):
     """Interrupted after the first checkpoint and resumed: the same episodes, actions and picks.
@@ -75,6 +76,7 @@ def test_resume_ends_as_an_uninterrupted_run(tiny, tmp_path, monkeypatch, agent)
         assert a["channels"] == b["channels"] and a["accuracy"] == b["accuracy"]
 
 
+@pytest.mark.slow
 def test_conditional_run_covers_every_target(tiny, tmp_path):
     search(config(tiny, "cacp", episodes=3), tmp_path / "cacp")
     targets = {float(r["target"]) for r in rows(tmp_path / "cacp")}
@@ -97,6 +99,7 @@ def test_presets_and_bad_input(tiny, tmp_path):
         search(config(tiny, episodes=1), tmp_path / "one")
 
 
+@pytest.mark.slow
 def test_command_line_search_resume_and_export(tiny, tmp_path, capsys):
     from autoprune.cli import main
     common = ["--data-dir", str(tiny / "data"), "--holdout", "20", "--reward-samples", "10", "--recal-batches", "1",

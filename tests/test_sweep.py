@@ -28,6 +28,7 @@ def killed_once(config: dict) -> None:
     sweep_trial(config)
 
 
+@pytest.mark.slow
 def test_sweep_cells_search_then_finetune_and_a_killed_cell_is_retried(tiny, tmp_path, local_ray):
     from autoprune.sweep import SweepConfig, sweep
 

@@ -109,6 +109,7 @@ def test_kd_loss():
         Distillation(weight=1.5)
 
 
+@pytest.mark.slow
 def test_finetune_improves_accuracy_and_tests_once(quad, tmp_path, monkeypatch):
     calls = []
     original = Evaluator.test
@@ -128,6 +129,7 @@ def test_finetune_improves_accuracy_and_tests_once(quad, tmp_path, monkeypatch):
     assert state["epoch"] == 5 and {"model", "optimizer", "scheduler", "scaler", "rng"} <= set(state)
 
 
+@pytest.mark.slow
 def test_resume_ends_with_the_weights_of_an_uninterrupted_run(quad, tmp_path):
     kw = {"epochs": 3, "schedule": "step", "milestones": [0.5], "label_smoothing": 0.1}
     c = config(quad, **kw)
@@ -163,6 +165,7 @@ def run(capsys, *argv):
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_cli_train_base_and_scratch_b(quad, tmp_path, capsys):
     common = ["--data-dir", quad / "data", "--holdout", 40, "--device", "cpu", "--preset", "cpu", "--batch-size", 32,
               "--no-progress"]

@@ -118,6 +118,7 @@ def killed_once(config: dict) -> None:
     finetune_trial(config, after_epoch=after_epoch)
 
 
+@pytest.mark.slow
 def test_four_trials_two_at_a_time_one_killed_and_retried(local_ray, tmp_path):
     from autoprune.training import finetune_on_ray, resume_experiment
 
