@@ -9,6 +9,7 @@ import gymnasium as _gymnasium
 from ._version import __version__
 from .checkpoints import load_model, load_pruned, save_pruned
 from .errors import AutopruneError
+from .export import export_model, export_pruned
 from .policy import Policy
 from .pruning import apply
 
@@ -16,4 +17,5 @@ ENV_ID = "autoprune/ChannelPruning-v0"
 if ENV_ID not in _gymnasium.registry:
     _gymnasium.register(id=ENV_ID, entry_point="autoprune.env:PruningEnv")
 
-__all__ = ["AutopruneError", "Policy", "apply", "load_model", "load_pruned", "save_pruned", "__version__", "ENV_ID"]
+__all__ = ["AutopruneError", "Policy", "apply", "export_model", "export_pruned", "load_model", "load_pruned", "save_pruned",
+           "__version__", "ENV_ID"]

@@ -228,6 +228,20 @@ def run_export_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export_pruned
+
+    result, policy = export_pruned(args.checkpoint, args.out, args.format, batch=args.batch,
+                                   dynamic_batch=args.dynamic_batch, opset=args.opset, overwrite=args.overwrite,
+                                   rtol=args.rtol)
+    print(f"{policy.arch} pruned to {policy.macs_fraction:.1%} MACs ({_mega(policy.macs)}), {_mega(policy.params)} params")
+    print(result.summary())
+    load = ("onnxruntime.InferenceSession(PATH).run(None, {'input': x})" if result.format == "onnx"
+            else "torch.export.load(PATH).module()(x)")
+    print(f"load it without autoprune: {load}")
+    return 0
+
+
 # -- training (autoprune.training, autoprune.tune) ----------------------------------
 def _train_kwargs(args: argparse.Namespace) -> dict:
     """The options `finetune` and `train` share, as make_config() keywords."""

@@ -52,6 +52,36 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         raise
 
 
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary file name beside ``path``, renamed over ``path`` only when the block ends without error.
+
+    For writers that want a file name rather than an open file (the ONNX and torch.export writers), and
+    for files checked before they take their final name (an export is loaded back and compared first).
+    The temporary is created before the block runs, so an unwritable folder fails before any work.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # the temporary keeps the suffix: readers such as torch.export.load look at it
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would follow the file to its name: give it open()'s mode
+    except OSError as e:
+        raise (output_error(e, path) or OutputError(f"Could not write {path} ({e}).")) from e
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        error = output_error(e, path)
+        if error is not None:
+            raise error from e
+        raise
+
+
 def write_bytes(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> None:
     """Call ``write(f)`` on a temporary file and atomically move it to ``path``."""
     with atomic_open(path) as f:

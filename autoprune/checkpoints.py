@@ -173,7 +173,8 @@ def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device =
     path = Path(path)
     obj: Any = load_torch(path, "Pruned checkpoint", map_location=map_location)
     if not isinstance(obj, dict) or obj.get("format") != PRUNED_FORMAT:
-        raise CheckpointError(f"{path} is not a pruned autoprune checkpoint (format {PRUNED_FORMAT}).")
+        raise CheckpointError(f"{path} is not a pruned autoprune checkpoint (format {PRUNED_FORMAT}): give the "
+                              "model.pt that `autoprune prune`, `finetune` or `train` wrote (save_pruned() in Python).")
     policy = Policy.from_dict(obj["policy"], source=str(path))
     base = create(policy.arch, num_classes=policy.num_classes)
     model = apply(base, policy)

@@ -21,6 +21,7 @@ EPILOG = """examples:
   autoprune finetune --policy runs/<id>/policy.json --data-dir data/cifar10
   autoprune finetune --policy a.json b.json --ray --data-dir data/cifar10
   autoprune train --policy runs/<id>/policy.json --scratch B --data-dir data/cifar10
+  autoprune export --checkpoint runs/r56-u50/model.pt --out r56-u50.onnx
 """
 
 
@@ -181,6 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="the search run directory")
     p.add_argument("--target-flops", required=True, help=_TARGET_HELP)
     p.add_argument("--out", help="policy file to write (default RUN/policy-<target>.json)")
+
+    p = sub.add_parser("export", help="a pruned model.pt as a standalone ONNX or torch.export (.pt2) file",
+                       description="Export a pruned model (model.pt of prune, finetune or train) to a file that loads "
+                       "without autoprune: ONNX (onnxruntime.InferenceSession(FILE); needs the onnx extra: "
+                       'pip install "autoprune[onnx]") or torch.export\'s .pt2 (torch.export.load(FILE).module()). '
+                       "The written file is loaded back and compared with PyTorch on random inputs before it takes "
+                       "its name; a difference above the tolerance is an error and leaves nothing behind.")
+    p.add_argument("--checkpoint", required=True, help="the pruned model.pt to export")
+    p.add_argument("--format", help="onnx or pt2 (default: from --out's suffix, .onnx or .pt2)")
+    p.add_argument("--out", required=True, help="the file to write (not replaced unless --overwrite)")
+    p.add_argument("--batch", type=int, default=1, help="batch size fixed in the file (default 1)")
+    p.add_argument("--dynamic-batch", action="store_true", help="leave the batch size free instead")
+    p.add_argument("--opset", type=int, help="ONNX opset, 18 or newer (default: torch's)")
+    p.add_argument("--rtol", type=float, default=1e-4,
+                   help="largest difference from PyTorch allowed, relative to the largest output (default 1e-4)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     p = sub.add_parser("finetune", help="fine-tune pruned models from their policies (locally, or as Ray Tune trials)",
                        description="Rebuild the pruned model from a policy and the checkpoint it was cut from (its kept "

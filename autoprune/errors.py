@@ -18,6 +18,7 @@ __all__ = [
     "BudgetError",
     "OutputError",
     "DependencyNotInstalled",
+    "ExportError",
     "unknown_name",
 ]
 
@@ -56,6 +57,10 @@ class OutputError(AutopruneError):
 
 class DependencyNotInstalled(AutopruneError, ImportError):
     """Raised when an optional dependency is needed; the message names the extra to install."""
+
+
+class ExportError(AutopruneError):
+    """Raised when a model cannot be exported, or the exported file does not reproduce PyTorch's outputs."""
 
 
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> UnknownNameError:
