@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import io
 import logging
 import os
 import warnings
@@ -259,9 +260,13 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, tmp: Path, dynamic_batc
 
 
 def _write_pt2(model: nn.Module, example: torch.Tensor, tmp: Path, dynamic_batch: bool) -> None:
+    """Save to memory, then write the bytes: torch's zip writer, failing on a full disk, throws again from its
+    destructor when the garbage collector frees it later, and a C++ exception there aborts the process."""
+    buffer = io.BytesIO()
     with _exporting("pt2 exporter"):
         program = torch.export.export(model, (example,), dynamic_shapes=_dynamic(dynamic_batch))
-        torch.export.save(program, str(tmp))
+        torch.export.save(program, buffer)
+    tmp.write_bytes(buffer.getbuffer())
 
 
 def _onnx_runner(tmp: Path) -> tuple[Callable[[torch.Tensor], np.ndarray], str]:
