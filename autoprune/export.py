@@ -32,17 +32,15 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 from torch import nn
 
 from ._io import atomic_path, output_error
+from .checkpoints import load_pruned
 from .errors import DependencyNotInstalled, ExportError, OutputError, unknown_name
-
-if TYPE_CHECKING:
-    from .policy import Policy
+from .models import get_model_info
+from .policy import Policy
 
 __all__ = ["FORMATS", "MIN_OPSET", "DEFAULT_RTOL", "ExportResult", "export_model", "export_pruned",
            "format_for", "require_onnx"]
@@ -111,6 +109,22 @@ def require_onnx() -> None:
             f'onnxruntime): pip install "autoprune[onnx]" (from a checkout: pip install -e ".[onnx]").')
 
 
+def _check(path: Path, format: str | None, opset: int | None, rtol: float, overwrite: bool) -> str:
+    """The arguments checked where they enter, before any model is loaded or traced; returns the format."""
+    format = format_for(path, format)
+    if opset is not None and format != "onnx":
+        raise ExportError(f"--opset applies to ONNX only, not {format}.")
+    if opset is not None and opset < MIN_OPSET:
+        raise ExportError(f"--opset must be at least {MIN_OPSET} (the torch.export-based ONNX exporter writes "
+                          f"no older opset), but got {opset}.")
+    if not rtol > 0:
+        raise ExportError(f"rtol must be positive, but got {rtol}.")
+    if format == "onnx":
+        require_onnx()
+    _check_out(path, overwrite)
+    return format
+
+
 def _check_out(path: Path, overwrite: bool) -> None:
     if path.is_dir():
         raise OutputError(f"--out {path} is a folder; name the file to write (e.g. {path / 'model.onnx'}).")
@@ -132,19 +146,9 @@ def export_model(model: nn.Module, example: torch.Tensor, path: str | os.PathLik
     or the file does not reproduce PyTorch within ``rtol``; nothing is left at ``path`` then.
     """
     path = Path(path)
-    format = format_for(path, format)
-    if opset is not None and format != "onnx":
-        raise ExportError(f"--opset applies to ONNX only, not {format}.")
-    if opset is not None and opset < MIN_OPSET:
-        raise ExportError(f"--opset must be at least {MIN_OPSET} (the torch.export-based ONNX exporter writes "
-                          f"no older opset), but got {opset}.")
-    if not rtol > 0:
-        raise ExportError(f"rtol must be positive, but got {rtol}.")
+    format = _check(path, format, opset, rtol, overwrite)
     if example.dim() < 1 or example.shape[0] < 1:
         raise ExportError(f"example must be a batch of at least one input, but got shape {tuple(example.shape)}.")
-    if format == "onnx":
-        require_onnx()
-    _check_out(path, overwrite)
     model = copy.deepcopy(model).cpu().eval()
     dtype = next(model.parameters()).dtype
     example = example.detach().to("cpu", dtype)
@@ -185,16 +189,10 @@ def export_pruned(checkpoint: str | os.PathLike[str], path: str | os.PathLike[st
     :class:`ExportResult` and the model's policy. Arguments and the output are checked before the
     model is loaded, so a bad ``--out`` or a missing package fails at once.
     """
-    from .checkpoints import load_pruned
-    from .models import get_model_info
-
     path = Path(path)
-    format = format_for(path, format)
     if batch < 1:
         raise ExportError(f"--batch must be at least 1, but got {batch}.")
-    if format == "onnx":
-        require_onnx()
-    _check_out(path, overwrite)
+    format = _check(path, format, opset, rtol, overwrite)
     model, policy = load_pruned(checkpoint)
     example = torch.zeros(batch, *get_model_info(policy.arch).input_size)
     result = export_model(model, example, path, format, dynamic_batch=dynamic_batch, opset=opset,
