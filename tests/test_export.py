@@ -257,3 +257,19 @@ def test_a_full_disk_is_one_error_and_leaves_nothing(pruned, tmp_path, capsys):
         assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
         assert "no space left" in err or "is the disk full" in err
         assert list(full.iterdir()) == []
+
+
+def test_public_names_and_the_written_file_mode(tmp_path):
+    import autoprune.export as export
+    from autoprune._io import atomic_path
+
+    assert export.__all__ and all(hasattr(export, name) for name in export.__all__)
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "m.pt2") as tmp:
+            assert tmp.suffix == ".pt2" and tmp.parent == tmp_path  # torch.export.load reads the suffix
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "m.pt2").stat().st_mode & 0o777 == 0o644  # as open() would make it, not mkstemp's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt2"]
