@@ -221,7 +221,7 @@ def run_export_policy(args: argparse.Namespace) -> int:
     config = resume_config(args.run)
     target = _fractions([args.target_flops], config.arch, config.space)[0]
     out = Path(args.out) if args.out else Path(args.run) / f"policy-{target:g}.json"
-    policy = export_policy(args.run, target, out)
+    policy = export_policy(args.run, target, out, overwrite=args.overwrite)
     print(f"{policy.arch} at target {args.target_flops}: {policy.macs_fraction:.2%} MACs, "
           f"holdout top-1 {100 * policy.accuracy['holdout']:.2f}%")
     print(f"wrote {out}")

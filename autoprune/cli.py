@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="the search run directory")
     p.add_argument("--target-flops", required=True, help=_TARGET_HELP)
     p.add_argument("--out", help="policy file to write (default RUN/policy-<target>.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing policy file (for a searched target, the search's own pick)")
 
     p = sub.add_parser("finetune", help="fine-tune pruned models from their policies (locally, or as Ray Tune trials)",
                        description="Rebuild the pruned model from a policy and the checkpoint it was cut from (its kept "

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import reading
-from ..errors import AutopruneError
+from ..errors import AutopruneError, OutputError
 from ..policy import Policy
 from ._config import SearchConfig, SearchResult
 from ._pick import pick
@@ -64,7 +64,8 @@ def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = 
     _say(plan)
     run.log(plan)
     with run.cleanup_unless_started():
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")  # the report's wall time
+        # the report's wall time: from the run's creation, which a resumed run keeps
+        started = run.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
         proposals = searcher_for(config, preset).search(env, run, resume)
         run.log("time split (s): " + ", ".join(f"{k} {v:.1f}" for k, v in proposals.seconds.items())
                 + f"; evaluations {proposals.evaluations}")
@@ -90,16 +91,23 @@ def resume_config(run_dir: str | os.PathLike[str], arch: str | None = None, spac
     return config
 
 
-def export_policy(run_dir: str | os.PathLike[str], target: float, out: str | os.PathLike[str] | None = None) -> Policy:
+def export_policy(run_dir: str | os.PathLike[str], target: float, out: str | os.PathLike[str] | None = None, *,
+                  overwrite: bool = False) -> Policy:
     """A policy for ``target`` from the trained agent of a run, without searching again.
 
-    Meant for conditional agents: ``target`` must lie inside the range they were trained on.
+    Meant for conditional agents: ``target`` must lie inside the range they were trained on. An existing
+    file is kept unless ``overwrite``: the default ``RUN/policy-<target>.json`` of a searched target is the
+    search's own pick, measured on test, which a holdout-only export must not replace by accident.
     """
     config = resume_config(run_dir)
+    out = Path(out) if out is not None else Path(run_dir) / f"policy-{target:g}.json"
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out} exists (for a searched target it is the search's pick); write the export "
+                          "elsewhere with --out FILE, or replace it with --overwrite.")
     preset, env, evaluator, space = setup(config)
     counts = searcher_for(config, preset).export(env, SearchRunDir(Path(run_dir)), target)
     policy = env.policy(counts, target, provenance={"agent": config.agent, "exported_from": str(run_dir)})
     model = evaluator.judge(space, policy.channels)
     policy.accuracy["holdout"] = evaluator.holdout(model).top1
-    policy.save(out or Path(run_dir) / f"policy-{target:g}.json")
+    policy.save(out)
     return policy
