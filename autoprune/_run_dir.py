@@ -86,15 +86,6 @@ class _Found:
     nested_started: bool = False
 
     @property
-    def created(self) -> str | None:
-        """When the run was created (ISO 8601, UTC), kept across ``--resume``: a resumed run's wall time counts from it.
-
-        None for a run older than the marker or than this field (its "created" was local time without a zone).
-        """
-        value = (self._marker or {}).get("created")
-        return value if isinstance(value, str) and "T" in value else None
-
-    @property
     def started(self) -> bool:
         """Whether it holds work worth resuming (a folder without marker is an older run: assumed so)."""
         return self.marker is None or bool(self.marker.get("started")) or self.nested_started
