@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SMALL", "STRUCTURES", "Structure", "registered", "structure_model", "structure_space"]
+__all__ = ["EVERY_GROUP", "SMALL", "STRUCTURES", "Structure", "registered", "structure_model", "structure_space"]
 
 
 def _cbr(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -330,11 +331,11 @@ def structure_model(name: str, seed: int = 0) -> nn.Module:
 
 
 @contextlib.contextmanager
-def registered(name: str) -> Iterator[str]:
-    """Register structure ``name`` in the model registry as ``structure_<name>`` for the duration."""
+def registered(name: str, structure: Structure | None = None) -> Iterator[str]:
+    """Register structure ``name`` (or ``structure`` under that name) as ``structure_<name>`` for the duration."""
     from autoprune.models import _registry
 
-    s = STRUCTURES[name]
+    s = structure or STRUCTURES[name]
     key = f"structure_{name}"
     _registry._REGISTRY[key] = _registry.ModelInfo(
         name=key, builder=lambda num_classes=10: s.factory(), dataset="cifar", input_size=s.input_size,
@@ -343,6 +344,10 @@ def registered(name: str) -> Iterator[str]:
         yield key
     finally:
         del _registry._REGISTRY[key]
+
+
+EVERY_GROUP = str(Path(__file__).with_name("every_group.yaml"))
+"""A space file searching every group, the stem's too."""
 
 
 def structure_space(name: str, space: str | None = None, seed: int = 0):
