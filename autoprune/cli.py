@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--target-flops", required=True, help=_TARGET_HELP)
     p.add_argument("--method", default="uniform", help="uniform or global (default uniform)")
-    p.add_argument("--criterion", default="l1", help="channel selection: l1, l2, bn-gamma, random, taylor, reconstruction "
+    p.add_argument("--criterion", default="l1", help="channel selection: l1, l2, bn-gamma, group-l1, group-l2, group-bn-gamma, random, taylor, "
+                   "reconstruction "
                    "(taylor and reconstruction need --data-dir; default l1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
     p.add_argument("--out", required=True, help="output directory, new or empty: policy.json and model.pt are "

@@ -19,7 +19,7 @@ from ._cost import Cost, CostModel
 from ..errors import AutopruneError, PolicyError
 from ..models import ModelInfo, get_model_info
 from ._criteria import channel_scores, taylor_gradients
-from ._discover import Group, build_graph, discover_groups, output_sizes
+from ._discover import Group, build_graph, discover_groups, output_sizes, prune_target
 from ._reconstruct import reconstruction_problems
 from ._spec import AUTO_SPACE, SpaceSpec, load_spec
 
@@ -34,6 +34,10 @@ class PrunableSpace:
     Built once per model (one trace); afterwards :meth:`apply` prunes copies
     of the model from cached index arrays, and :attr:`cost` prices any
     configuration without building it. ``model`` itself is never modified.
+
+    ``unprunable`` maps the groups (and layers) left whole to the reason: the
+    classifier, outputs of the model, channels normalised together (LayerNorm,
+    GroupNorm of several channels a group), grouped convs fed unevenly.
 
     Args:
         model: the unpruned model (its weights are read by the criteria).
@@ -50,7 +54,7 @@ class PrunableSpace:
         example = torch.zeros(1, *self.info.input_size, device=device)
         shapes = output_sizes(model, example)
         graph = build_graph(model, example)
-        self.groups: list[Group] = discover_groups(model, graph, shapes, self.info.classifier)
+        self.groups, self.unprunable = discover_groups(model, graph, shapes, self.info.classifier)
         self.searchable: list[Group] = [g for g in self.groups if self._selected(g)]
         if not self.searchable:
             raise AutopruneError(f"Space {self.spec.name!r} of {arch} selects no group; group names: "
@@ -78,6 +82,14 @@ class PrunableSpace:
         full.flags.writeable = False
         return full
 
+    @cached_property
+    def steps(self) -> np.ndarray:
+        """Kept counts of each searchable group are multiples of its step (int64, read-only): the space's
+        ``round``, times what the group's grouped convs need (one channel per conv-group), at most the group."""
+        step = np.array([min(np.lcm(self.spec.round, g.step), g.channels) for g in self.searchable], dtype=np.int64)
+        step.flags.writeable = False
+        return step
+
     def _selected(self, group: Group) -> bool:
         if self.spec.name == AUTO_SPACE and any(
             m.module == self.info.first_conv for m in group.producers()
@@ -92,7 +104,7 @@ class PrunableSpace:
         if r.shape != (len(self.searchable),):
             raise AutopruneError(f"Expected {len(self.searchable)} keep ratios for space {self.name!r}, but got shape {r.shape}.")
         lo, hi = self.spec.bounds
-        step = np.minimum(self.spec.round, self.channels)
+        step = self.steps
         n = np.round(np.clip(r, lo, hi) * self.channels / step) * step
         return np.clip(n, step, self.channels).astype(np.int64)
 
@@ -100,7 +112,7 @@ class PrunableSpace:
         """Every kept-channel count searchable group ``j`` can take within the bounds, ascending."""
         lo, hi = self.spec.bounds
         ends = self.counts(np.full(len(self.searchable), lo))[j], self.counts(np.full(len(self.searchable), hi))[j]
-        step = min(self.spec.round, self.searchable[j].channels)
+        step = int(self.steps[j])
         return np.unique(np.append(np.arange(ends[0], ends[1] + 1, step), ends[1]))
 
     def all_counts(self, counts: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -135,18 +147,22 @@ class PrunableSpace:
         return channel_scores(self.model, self.searchable, criterion, seed=seed, grads=grads, problems=problems)
 
     def select(self, counts: Sequence[int] | np.ndarray, scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Kept channel indices per searchable group: the ``counts[j]`` highest-scoring ones."""
-        return {g.name: top_k(scores[g.name], int(n)) for g, n in zip(self.searchable, counts)}
+        """Kept channel indices per searchable group: the ``counts[j]`` highest-scoring ones (in a group
+        with grouped convs, the ``counts[j] / step`` highest of each block, so every conv-group keeps as many)."""
+        return {g.name: _top_k_of(g, scores[g.name], int(n)) for g, n in zip(self.searchable, counts)}
 
     # -- pruning ------------------------------------------------------------
     def _compile(self) -> dict[tuple[str, str], list[tuple[int, np.ndarray, np.ndarray]]]:
         """For each (module, pruning function): the (group, member index, root index) arrays."""
         plan: dict[tuple[str, str], list[tuple[int, np.ndarray, np.ndarray]]] = defaultdict(list)
         self._fns = {}
+        self._consumers: set[tuple[str, str]] = set()
         for j, group in enumerate(self.groups):
             for m in group.members:
                 key = (m.module, m.fn.__name__)
                 self._fns[key] = m.fn
+                if m.side == "in":
+                    self._consumers.add(key)
                 plan[key].append((j, m.index, m.root))
         return dict(plan)
 
@@ -178,6 +194,11 @@ class PrunableSpace:
                 raise PolicyError(f"Group {name!r} keeps no channel: every group must keep at least one.")
             if idx.min() < 0 or idx.max() >= channels or len(np.unique(idx)) != idx.size:
                 raise PolicyError(f"Group {name!r}: kept indices must be distinct and in [0, {channels}).")
+            blocks = self.groups[self._index[name]].blocks
+            if blocks is not None and len(set(np.bincount(blocks[idx], minlength=blocks.max() + 1).tolist())) != 1:
+                raise PolicyError(f"Group {name!r} feeds grouped convolutions: each of its {blocks.max() + 1} blocks "
+                                  f"(conv-groups) must keep the same number of channels; choose them with "
+                                  f"PrunableSpace.select.")
 
     def apply(self, kept: Kept) -> nn.Module:
         """A physically smaller copy of the model keeping ``kept[group]`` channels of each named group."""
@@ -185,7 +206,7 @@ class PrunableSpace:
         pruned = copy.deepcopy(self.model)
         with torch.no_grad():
             for (module, fn_name), idx in removed.items():
-                self._fns[(module, fn_name)](pruned.get_submodule(module), idx)
+                prune_target(pruned, module, self._fns[(module, fn_name)], idx)
         return pruned
 
     @contextmanager
@@ -196,15 +217,17 @@ class PrunableSpace:
         reference that tests the pruning and that mask-based methods train.
         """
         hooks = []
-        for (module, fn_name), idx in self._removed(kept).items():
-            if fn_name != "prune_in_channels":
+        for key, idx in self._removed(kept).items():
+            if key not in self._consumers:
                 continue  # producers: their outputs reach only masked consumers
+            module = key[0]
             mask = torch.ones(self._in_width(module), dtype=torch.bool)
             mask[idx] = False
+            last = isinstance(self.model.get_submodule(module), nn.Linear)  # features last (also channels-last)
 
-            def zero(_m: nn.Module, args: tuple, mask: torch.Tensor = mask) -> tuple:
+            def zero(_m: nn.Module, args: tuple, mask: torch.Tensor = mask, last: bool = last) -> tuple:
                 x = args[0]
-                shape = (1, -1) + (1,) * (x.dim() - 2)
+                shape = (1,) * (x.dim() - 1) + (-1,) if last else (1, -1) + (1,) * (x.dim() - 2)
                 return (x * mask.to(x.device, x.dtype).view(shape),) + args[1:]
 
             hooks.append(self.model.get_submodule(module).register_forward_pre_hook(zero))
@@ -226,6 +249,18 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Sorted indices of the ``k`` highest scores (ties go to the lower index)."""
     order = np.argsort(-scores, kind="stable")
     return np.sort(order[:k])
+
+
+def _top_k_of(group: Group, scores: np.ndarray, k: int) -> np.ndarray:
+    """:func:`top_k` within each block of ``group`` (``k / step`` each), or over the whole group without blocks."""
+    if group.blocks is None:
+        return top_k(scores, k)
+    if k % group.step:
+        raise PolicyError(f"Group {group.name!r} feeds grouped convolutions: its kept count must be a multiple of "
+                          f"{group.step} (one channel per conv-group), but got {k}; use PrunableSpace.counts.")
+    scores = np.asarray(scores, dtype=np.float64)
+    members = [np.flatnonzero(group.blocks == b) for b in range(group.step)]
+    return np.sort(np.concatenate([idx[top_k(scores[idx], k // group.step)] for idx in members]))
 
 
 _CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str], PrunableSpace]] = weakref.WeakKeyDictionary()
