@@ -49,8 +49,9 @@ def make_loader(dataset: Dataset, split: str, indices: torch.Tensor | None = Non
         labels = labels[indices]
     common = dict(batch_size=batch_size, mean=mean, std=std, device=device, shuffle=shuffle, augment=augment,
                   drop_last=drop_last, seed=seed, channels_last=channels_last)
-    if isinstance(images, torch.Tensor) and transforms is None and (
-            input_size is None or max(images.shape[2:]) <= input_size):
+    small = isinstance(images, torch.Tensor) and (input_size is None or max(images.shape[2:]) <= input_size)
+    if small and (transforms is None or (transforms.train == "pad-crop" and
+                                         tuple(images.shape[2:]) == (transforms.crop, transforms.crop))):
         return DeviceLoader(images if indices is None else images[indices], labels, **common)
     source = TensorImages(images) if isinstance(images, torch.Tensor) else images
     if indices is not None:
