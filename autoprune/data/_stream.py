@@ -78,10 +78,10 @@ class _Reader(torch.utils.data.Dataset):
                 hwc = self.transforms.augment(image, np.random.default_rng((self.seed, epoch, int(i))))
             else:
                 hwc = self.transforms.evaluate(image)
-            out[k] = torch.from_numpy(hwc).permute(2, 0, 1)
+            np.copyto(out[k].permute(1, 2, 0).numpy(), hwc)  # one copy, into the batch (Pillow's array is read-only)
         if not keep.all():
             out = out[torch.from_numpy(keep)]
-        return {"x": out, "keep": keep, "errors": errors, "seconds": time.perf_counter() - start}
+        return {"x": out, "keep": torch.from_numpy(keep), "errors": errors, "seconds": time.perf_counter() - start}
 
 
 class _Keys(torch.utils.data.Sampler):
@@ -213,9 +213,9 @@ class StreamLoader:
             batch = next(batches)
             self.timings["wait"] += time.perf_counter() - waited
             self.timings["decode"] += batch["seconds"]
-            keep = torch.from_numpy(batch["keep"])
+            keep = batch["keep"]
             if batch["errors"]:
-                self._bad(idx[~batch["keep"]], batch["errors"])
+                self._bad(idx[~keep.numpy()], batch["errors"])
             y = self.labels[torch.from_numpy(idx)][keep].to(self.device, non_blocking=True)
             x = batch["x"].to(self.device, non_blocking=True)
             if len(y) == 0:
