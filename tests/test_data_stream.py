@@ -17,13 +17,12 @@ from autoprune.data import (
     DeviceLoader,
     StreamLoader,
     Transforms,
+    _image_folder,
     load_dataset,
     make_loader,
-    make_splits,
     register_dataset,
 )
-from autoprune.data import _dataset, _image_folder
-from autoprune.data._sources import FileImages, TensorImages
+from autoprune.data._sources import TensorImages
 from autoprune.data._survey import parse_bytes
 from autoprune.errors import AutopruneError, DataError
 

@@ -18,7 +18,15 @@ from tqdm import tqdm
 
 from .._resources import cache_root
 from ..errors import DataError, unknown_name
-from ._cache import SourceArrays, default_cache_dir, fingerprint, load_cached, save_cached, stat_entries, to_payload
+from ._cache import (
+    SourceArrays,
+    default_cache_dir,
+    fingerprint,
+    load_cached,
+    save_cached,
+    stat_entries,
+    to_payload,
+)
 from ._cifar_pickle import (
     archive_filename,
     cifar_files,

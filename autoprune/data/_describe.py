@@ -44,7 +44,7 @@ def describe(data_dir: str | os.PathLike[str], *, name: str = "cifar10", cache_l
         from ._dataset import load_dataset
 
         ds = load_dataset(root, name, cache_limit=limit, cache_dir=cache_dir)
-        c, h, w = ds.train_images.shape[1:]
+        h, w = ds.train_images.shape[2:]
         return [f"{root}: {ds.name} ({ds.why}); {ds.num_classes} classes; train {len(ds.train_labels)}, "
                 f"test {len(ds.test_labels)} images of {w}x{h}; loader: in memory."]
     index = scan_image_folder(root)
