@@ -82,11 +82,36 @@ def run_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_options(args: argparse.Namespace) -> dict:
+    """The data-loading flags (issue 14) as config fields; a bad --cache-limit or count fails here."""
+    from .data._survey import parse_bytes
+
+    if args.cache_limit is not None:
+        parse_bytes(args.cache_limit)
+    for flag, value, low in (("--data-workers", args.data_workers, 0), ("--resize", args.resize, 1)):
+        if value is not None and value < low:
+            raise AutopruneError(f"{flag} must be at least {low}, but got {value}.")
+    return {"cache_limit": args.cache_limit, "skip_bad_images": args.skip_bad_images,
+            "data_workers": args.data_workers, "resize": args.resize}
+
+
 def _evaluator(args: argparse.Namespace, arch: str, **protocol: object):  # noqa: ANN202
     from .evaluate import Evaluator
 
+    options = _data_options(args)
     return Evaluator.from_data_dir(args.data_dir, arch, dataset=args.dataset, holdout=args.holdout,
-                                   device=args.device, **protocol)
+                                   device=args.device, cache_limit=options["cache_limit"],
+                                   skip_bad_images=options["skip_bad_images"], resize=options["resize"],
+                                   workers=options["data_workers"], **protocol)
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from .data._describe import describe
+
+    size = get_model_info(args.arch).input_size[-1] if args.arch else None
+    print("\n".join(describe(args.data_dir, name=args.dataset, cache_limit=args.cache_limit, input_size=size,
+                             verify=args.verify)))
+    return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -180,7 +205,7 @@ def run_search(args: argparse.Namespace) -> int:
                               reward_samples=args.reward_samples, recal_batches=args.recal_batches, top_k=args.top_k,
                               multi_fidelity=args.multi_fidelity, storage=args.storage, study_name=args.study_name,
                               workers=args.workers, ray=args.ray, ray_address=args.ray_address,
-                              warm_start=args.warm_start)
+                              warm_start=args.warm_start, **_data_options(args))
         agent = Path(args.agent).stem
         out = Path(args.out) if args.out else Path("runs") / f"{arch}-{agent}-{time.strftime('%Y%m%d-%H%M%S')}"
         report = args.report
@@ -244,7 +269,7 @@ def _train_kwargs(args: argparse.Namespace) -> dict:
                              f"{them}.")
     kd = Distillation(args.kd_teacher, **given) if args.kd or args.kd_teacher else None
     return {"checkpoint": args.checkpoint, "recipe": recipe, "kd": kd, "dataset": args.dataset,
-            "holdout": args.holdout, "seed": args.seed, "eval_batch_size": args.eval_batch_size}
+            "holdout": args.holdout, "seed": args.seed, "eval_batch_size": args.eval_batch_size, **_data_options(args)}
 
 
 def _default_out(name: str) -> Path:
@@ -356,8 +381,9 @@ def run_sweep(args: argparse.Namespace) -> int:
                              agents=tuple(args.agents),
                              checkpoint=args.checkpoint, episodes=args.episodes, finetune_epochs=args.finetune_epochs,
                              preset=args.preset, seed=args.seed,
-                             search={"dataset": args.dataset, "holdout": args.holdout, "device": args.device},
-                             train={"dataset": args.dataset, "holdout": args.holdout})
+                             search={"dataset": args.dataset, "holdout": args.holdout, "device": args.device,
+                                     **_data_options(args)},
+                             train={"dataset": args.dataset, "holdout": args.holdout, **_data_options(args)})
         out = Path(args.out) if args.out else _default_out(f"{arch}-sweep")
         outcomes = sweep(config, out, options, overwrite=args.overwrite, cli_options={"report": args.report})
         report = args.report

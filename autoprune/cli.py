@@ -12,6 +12,7 @@ __all__ = ["build_parser", "main"]
 
 EPILOG = """examples:
   autoprune models
+  autoprune data --data-dir data/imagenet
   autoprune flops --arch resnet56
   autoprune eval --arch resnet56 --checkpoint resnet56-4bfd9763.th --data-dir data/cifar10
   autoprune prune --arch resnet56 --checkpoint resnet56-4bfd9763.th --target-flops 0.5 --out runs/r56-u50
@@ -47,6 +48,20 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"], help="which CIFAR when reading pickles")
     p.add_argument("--holdout", type=int, default=5000, help="training images held out for validation (default 5000)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    _add_loading_args(p)
+
+
+def _add_loading_args(p: argparse.ArgumentParser) -> None:
+    """How an image folder is loaded (issue 14); see `autoprune data`."""
+    g = p.add_argument_group("data loading (image folders)")
+    g.add_argument("--cache-limit", help="decode a folder whose images share one size into memory when it takes at "
+                                         "most this (e.g. 4G, 500M); otherwise stream it from disk (default: a "
+                                         "quarter of this machine's memory)")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="skip images that cannot be decoded, and count them, instead of stopping at the first")
+    g.add_argument("--data-workers", type=int, help="processes decoding streamed images (default: the CPUs, at most 8)")
+    g.add_argument("--resize", type=int, help="streamed images: the shorter side before the centre crop at evaluation "
+                                              "(default: input size / 0.875, 256 for 224-px models)")
 
 
 _PRESET_HELP = ("recipe preset: auto, cifar, cpu or a YAML file (default auto: cifar on CUDA, cpu otherwise). cifar is "
@@ -235,6 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     _add_data_args(p, required=False)
     _add_trial_resources(p.add_argument_group("Ray Tune"))
+
+    p = sub.add_parser("data", help="what autoprune sees in a data folder: splits, classes, sizes, loader, errors",
+                       description="Survey a data folder without decoding it: splits, classes, images per class, the "
+                       "sizes and formats seen (from the image headers), which loader the data gets (in-memory cache "
+                       "or streaming) and why, the transforms for the model's input size, and the unreadable images.")
+    p.add_argument("--data-dir", required=True, help="the dataset folder")
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"], help="which CIFAR when reading pickles")
+    p.add_argument("--arch", help="report the transforms for this architecture's input size (default 224, or the "
+                                  "images' size when they share a square one)")
+    p.add_argument("--cache-limit", help="as for the other commands (default: a quarter of this machine's memory)")
+    p.add_argument("--verify", action="store_true", help="decode every image to find truncated files (slow)")
 
     p = sub.add_parser("report", help="report.md and report.html with plots for a run directory",
                        description="Write report.md, a self-contained report.html and PNG plots into a run directory "

@@ -1,4 +1,4 @@
-"""Tally how the command line answers the bad inputs of issue 20: clear error, traceback, or wrongly accepted.
+"""Tally how the command line answers the bad inputs of issues 20 and 14: clear error, traceback, or wrongly accepted.
 
     python scripts/check_bad_inputs.py [--code DIR] [--only WORD ...] [--keep]
 
@@ -252,7 +252,76 @@ def cases(t: Path, p: dict[str, Path]) -> list[Case]:
         Case("search --target-flops 20M (a MAC count, as prune takes)",
              [[*search, "--agent", "uniform", "--target-flops", "20M", "--out", t / "mac"]], "accept"),
     ]
+    out += data_cases(t, p)
     return out
+
+
+def data_cases(t: Path, p: dict[str, Path]) -> list[Case]:
+    """Issue 14: bad image folders, each a copy of the tiny dataset with one thing wrong."""
+    import numpy as np
+    from PIL import Image
+
+    def variant(name: str, change: Callable[[Path], None]) -> Path:
+        folder = t / f"data-{name}"
+        shutil.copytree(p["data"], folder)
+        change(folder)
+        return folder
+
+    def truncate(folder: Path) -> None:
+        bad = folder / "train" / "class4" / "3.png"  # in the middle of the split
+        data = bad.read_bytes()
+        bad.write_bytes(data[: len(data) * 3 // 5])
+
+    def mixed(sizes: tuple[int, int]) -> Callable[[Path], None]:
+        def change(folder: Path) -> None:
+            rng = np.random.default_rng(1)
+            for i, f in enumerate(sorted(folder.glob("*/*/*.png"))):
+                w, h = (int(v) for v in rng.integers(*sizes, 2))
+                Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(f)
+        return change
+
+    def keep_classes(n: int) -> Callable[[Path], None]:
+        def change(folder: Path) -> None:
+            for c in range(n, 10):
+                for split in ("train", "test"):
+                    shutil.rmtree(folder / split / f"class{c}")
+        return change
+
+    def no_images(folder: Path) -> None:
+        for f in folder.glob("*/*/*.png"):
+            f.with_suffix(".txt").write_text("not an image")
+            f.unlink()
+
+    truncated = variant("truncated", truncate)
+    cases_ = []
+    for name, folder, says in (
+        ("a truncated image in the middle of a split", truncated, ("class4/3.png", "--skip-bad-images")),
+        ("train and test with different class folders",
+         variant("classes", lambda f: (f / "test" / "class3").rename(f / "test" / "cat")),
+         ("only in train: ['class3']", "only in test: ['cat']")),
+        ("an empty class folder", variant("empty", lambda f: [x.unlink() for x in (f / "train" / "class2").iterdir()]),
+         ("class2 holds no images",)),
+        ("a folder with no images", variant("noimg", no_images), ("holds no images",)),
+        ("a dataset of 3 classes for a 10-class model", variant("three", keep_classes(3)), ("10 outputs", "3 classes")),
+        ("images too small for the model's crop", variant("tiny", mixed((6, 12))), ("too small", "32x32")),
+    ):
+        cases_.append(Case(f"eval on {name}", [["eval", "--arch", "resnet20", "--checkpoint", p["r20"],
+                                                "--data-dir", folder, "--holdout", "20", "--device", "cpu"]],
+                           "refuse", says))
+    cases_ += [
+        Case("eval on a truncated image with --skip-bad-images", [["eval", "--arch", "resnet20", "--checkpoint",
+             p["r20"], "--data-dir", truncated, "--holdout", "20", "--device", "cpu", "--skip-bad-images"]], "accept",
+             ("Skipped 1 unreadable image",)),
+        Case("eval on images of mixed sizes (streamed)", [["eval", "--arch", "resnet20", "--checkpoint", p["r20"],
+             "--data-dir", variant("mixed", mixed((30, 60))), "--holdout", "20", "--device", "cpu",
+             "--data-workers", "0"]], "accept", ("holdout",)),
+        Case("data --data-dir on a truncated image (with --verify)", [["data", "--data-dir", truncated, "--verify"]],
+             "accept", ("decode errors: 1 found", "class4/3.png")),
+        Case("search --cache-limit lots", [["search", "--arch", "resnet20", "--checkpoint", p["r20"], "--data-dir",
+             p["data"], "--cache-limit", "lots", "--agent", "uniform", "--target-flops", "0.5", "--out", t / "cl"]],
+             "refuse", ("--cache-limit must be a size like 4G",)),
+    ]
+    return cases_
 
 
 def main() -> None:

@@ -41,6 +41,10 @@ class SearchConfig:
     ray_address: str | None = None  # None: a local Ray
     warm_start: list[str] = field(default_factory=list)  # Optuna: policy files to try first
     preset: dict[str, Any] = field(default_factory=dict)  # filled in: the resolved preset
+    cache_limit: str | None = None  # data: see autoprune.data.load_dataset; None: a quarter of the memory
+    skip_bad_images: bool = False
+    data_workers: int | None = None  # decoding processes of streamed data; None: the CPUs, at most 8
+    resize: int | None = None  # evaluation resize of streamed data; None: input size / 0.875
 
     def __post_init__(self) -> None:
         if self.episodes is not None and self.episodes < 1:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from ..checkpoints import load_model
 from ..env import EnvConfig, PruningEnv
 from ..errors import AutopruneError
-from ..evaluate import Evaluator
+from ..evaluate import Evaluator, check_classes
 from ..pruning import PrunableSpace, space_for
 from ._config import SearchConfig
 from ._preset import Preset, load_preset
@@ -42,7 +42,10 @@ def setup(config: SearchConfig) -> tuple[Preset, PruningEnv, Evaluator, Prunable
     model, sha = load_model(config.arch, config.checkpoint)
     evaluator = Evaluator.from_data_dir(config.data_dir, config.arch, dataset=config.dataset, holdout=config.holdout,
                                         seed=config.seed, device=config.device, recal_batches=config.recal_batches,
-                                        recal_batch_size=config.recal_batch_size, reward_samples=config.reward_samples)
+                                        recal_batch_size=config.recal_batch_size, reward_samples=config.reward_samples,
+                                        cache_limit=config.cache_limit, skip_bad_images=config.skip_bad_images,
+                                        resize=config.resize, workers=config.data_workers)
+    check_classes(model, config.arch, evaluator.dataset)
     space = space_for(model, config.arch, config.space)
     # a method that selects its own channels: the env only prices its answers and gives the uniform-L1 reference
     criterion = "l1" if kind.selects_channels else preset.criterion

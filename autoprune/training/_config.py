@@ -59,6 +59,7 @@ class TrainConfig:
         dataset, holdout, seed, device: as for the evaluator; ``seed`` also fixes the
             initialisation and every epoch's data order.
         eval_batch_size: batch size of the holdout and test evaluations.
+        cache_limit, skip_bad_images, data_workers, resize: how the data is loaded (``autoprune data``).
     """
 
     mode: str
@@ -76,6 +77,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = 500
+    cache_limit: str | None = None  # data: see autoprune.data.load_dataset; None: a quarter of the memory
+    skip_bad_images: bool = False
+    data_workers: int | None = None  # decoding processes of streamed data; None: the CPUs, at most 8
+    resize: int | None = None  # evaluation resize of streamed data; None: input size / 0.875
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

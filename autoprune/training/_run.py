@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .._device import resolve_device
 from .._io import json_bytes, load_torch, reading, save_torch
 from ..checkpoints import PRUNED_FORMAT, load_model, load_pruned, pruned_state
-from ..data import DeviceLoader, load_dataset, make_splits
+from ..data import Transforms, load_dataset, make_loader, make_splits
 from ..errors import AutopruneError, CheckpointError
 from ..evaluate import Evaluator
 from ..models import create, get_model_info
@@ -150,7 +150,8 @@ def train(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     if policy is not None:
         _refuse_kernel_sparse(policy, config.policy, config.mode)
     device = resolve_device(config.device)
-    data = load_dataset(config.data_dir, name=config.dataset)
+    data = load_dataset(config.data_dir, name=config.dataset, cache_limit=config.cache_limit,
+                        skip_bad_images=config.skip_bad_images)
     if policy is not None and policy.num_classes != data.num_classes:
         raise AutopruneError(f"The policy's model has {policy.num_classes} outputs but {data.name} has "
                              f"{data.num_classes} classes.")
@@ -162,12 +163,15 @@ def train(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fa
             state = load_torch(run.last, "Training checkpoint", hint=_RESTART)
     splits = make_splits(len(data.train_labels), holdout=config.holdout, seed=config.seed)
     info = get_model_info(str(config.arch))
-    evaluator = Evaluator(data, splits, mean=info.mean, std=info.std, device=device, batch_size=config.eval_batch_size)
+    size = info.input_size[-1]
+    transforms = Transforms.for_input(size, data.image_size, resize=config.resize) if config.resize else None
+    evaluator = Evaluator(data, splits, mean=info.mean, std=info.std, device=device, batch_size=config.eval_batch_size,
+                          input_size=size, transforms=transforms, workers=config.data_workers)
     recipe = config.recipe
-    loader = DeviceLoader(data.train_images[splits.train], data.train_labels[splits.train], batch_size=recipe.batch_size,
-                          mean=info.mean, std=info.std, device=device, shuffle=True, augment=True,
-                          drop_last=len(splits.train) > recipe.batch_size, seed=config.seed,
-                          channels_last=device.type == "cuda")
+    loader = make_loader(data, "train", splits.train, batch_size=recipe.batch_size, mean=info.mean, std=info.std,
+                         device=device, shuffle=True, augment=True, drop_last=len(splits.train) > recipe.batch_size,
+                         seed=config.seed, channels_last=device.type == "cuda", input_size=size,
+                         transforms=transforms, workers=config.data_workers)
     trainer = Trainer(model, recipe, loader, device, teacher=teacher,
                       kd_temperature=config.kd.temperature if config.kd else 4.0,
                       kd_weight=config.kd.weight if config.kd else 0.9)
