@@ -28,6 +28,7 @@ from .errors import AutopruneError
 if TYPE_CHECKING:
     import numpy as np
 
+    from .models import ModelSpec
     from .pruning import PrunableSpace
 
 __all__ = ["Accuracy", "evaluate", "recalibrate_bn", "Evaluator"]
@@ -147,16 +148,23 @@ class Evaluator:
                                              batch_size=recal_batch_size, **common)
 
     @classmethod
-    def from_data_dir(cls, data_dir: str | os.PathLike[str] | None, arch: str, *, dataset: str = "cifar10",
-                      holdout: int = 5000, seed: int = 0, device: str | None = "auto", **protocol: object) -> Evaluator:
-        """Load ``data_dir``, split off the seeded holdout, and judge models of ``arch`` (its normalisation).
+    def from_data_dir(cls, data_dir: str | os.PathLike[str] | None, arch: str | ModelSpec, *,
+                      dataset: str = "cifar10", holdout: int = 5000, seed: int = 0, device: str | None = "auto",
+                      **protocol: object) -> Evaluator:
+        """Load ``data_dir``, split off the seeded holdout, and judge models of ``arch`` (a zoo name or a
+        :class:`~autoprune.models.ModelSpec`: its normalisation; images must have its input size).
 
         ``protocol`` takes the remaining constructor arguments (batch sizes, recalibration, reward part).
         """
-        from .models import get_model_info
+        from .models import ModelSpec
 
-        info = get_model_info(arch)
+        info = (arch if isinstance(arch, ModelSpec) else ModelSpec(arch)).defaults()
         data = load_dataset(data_dir, name=dataset)
+        shape = tuple(data.train_images.shape[1:])
+        if not info.is_zoo and shape != tuple(info.input_size or shape):  # the zoo keeps its registered sizes
+            raise AutopruneError(f"The images of {data.source} are {','.join(map(str, shape))} (C,H,W), but "
+                                 f"{info.source} takes {','.join(map(str, info.input_size))}: give --input-size "
+                                 f"{','.join(map(str, shape))} if the model accepts it.")
         splits = make_splits(len(data.train_labels), holdout=holdout, seed=seed)
         return cls(data, splits, mean=info.mean, std=info.std, device=resolve_device(device), seed=seed, **protocol)
 

@@ -20,6 +20,7 @@ import fnmatch
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -52,8 +53,8 @@ class ModelSpec:
         source: a zoo name (``resnet56``), ``package.module:factory``, ``path/to/file.py:factory``, or
             ``object:<label>`` for a module object given in Python.
         args: keyword arguments of the factory (YAML scalars).
-        num_classes: classifier width; zoo: passed to the builder (default the dataset's); a factory
-            gets it as ``num_classes=`` only when given; otherwise read from the model's output.
+        num_classes: classifier width; zoo: passed to the builder (default the dataset's); a factory that
+            takes ``num_classes`` gets it when known; otherwise the model's logits must have that width.
         input_size: (C, H, W) of one example; zoo: its registered size; required otherwise.
         mean, std: the normalisation the weights expect (default ImageNet's).
         output: which part of a tuple, dict or ``.logits`` output holds the logits (a key or an index);
@@ -213,7 +214,8 @@ def build(spec: ModelSpec) -> nn.Module:
     """Build the model ``spec`` names (a zoo builder, or the user's factory called with ``spec.args``).
 
     Call it only with a spec the user chose (see the module doc): it imports and runs their code.
-    A model with an ``output`` selector returns the selected tensor (a forward hook: module names stay).
+    A factory's model is checked at once by :func:`resolve` (given its input size): a model whose output
+    is a tuple, dict or ``.logits`` object returns the selected logits (a forward hook: module names stay).
     """
     if spec.kind == "object":
         raise ModelError(f"{spec.source} is a module object given in Python: autoprune cannot rebuild it; "
@@ -222,7 +224,7 @@ def build(spec: ModelSpec) -> nn.Module:
         return create_zoo(spec.source, num_classes=spec.num_classes, **spec.args)
     factory = _load_factory(spec)
     kwargs = dict(spec.args)
-    if spec.num_classes is not None:
+    if spec.num_classes is not None and _takes(factory, "num_classes"):  # else resolve() checks the logits
         if "num_classes" in kwargs and kwargs["num_classes"] != spec.num_classes:
             raise ModelError(f"--num-classes {spec.num_classes} contradicts --model-arg num_classes="
                              f"{kwargs['num_classes']}; give one.")
@@ -237,9 +239,19 @@ def build(spec: ModelSpec) -> nn.Module:
                          f"{_first_line(e)}") from e
     if not isinstance(model, nn.Module):
         raise ModelError(f"--model {spec.source!r} returned a {type(model).__name__}, not a torch.nn.Module.")
-    if spec.output is not None:
+    if spec.input_size is not None:
+        resolve(model, spec)  # input size, logits and classes checked now; a tuple/dict output gets its selector
+    elif spec.output is not None:
         _attach_output(model, spec.output)
     return model
+
+
+def _takes(factory: Callable[..., Any], name: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def create(model: str | ModelSpec, num_classes: int | None = None, **kwargs: object) -> nn.Module:
@@ -341,6 +353,7 @@ def resolve(model: nn.Module, spec: ModelSpec) -> ModelSpec:
     output is a tuple, dict or ``.logits`` object gets a selecting forward hook. Every problem is a
     :class:`ModelError` here, before anything is searched or written.
     """
+    given_classes = spec.num_classes
     spec = spec.defaults()
     if spec.input_size is None:
         raise ModelError(f"{spec.source} is not in the zoo: give its input size with --input-size C,H,W "
@@ -354,8 +367,12 @@ def resolve(model: nn.Module, spec: ModelSpec) -> ModelSpec:
         name = getattr(spec, role)
         if name is not None and name not in names:
             raise ModelError(f"{spec.source} has no module {name!r} (its {role}).")
-    if spec.is_zoo:
-        return spec  # the registry's metadata
+    if spec.is_zoo:  # the registry's metadata; the classes are the model's
+        head = model.get_submodule(spec.classifier)
+        classes = int(getattr(head, "out_features", getattr(head, "out_channels", 0)))
+        if given_classes is not None and given_classes != classes:
+            raise ModelError(f"{spec.source} was built with {classes} classes, but num_classes is {given_classes}.")
+        return replace(spec, num_classes=classes)
     params = list(model.parameters())
     if not params:
         raise ModelError(f"{spec.source} has no parameters: there is nothing to prune.")

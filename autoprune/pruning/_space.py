@@ -9,6 +9,7 @@ import weakref
 from collections import defaultdict
 from functools import cached_property
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -145,6 +146,43 @@ class PrunableSpace:
         if tuple(out.shape) != (1, self.info.num_classes):
             return f"its output (shape {tuple(out.shape)} instead of (1, {self.info.num_classes}))"
         return None
+
+    def inventory(self) -> dict[str, Any]:
+        """What can and cannot be pruned, as plain data (``autoprune inspect``): every group (kind, channels,
+        coupled layers, share of the MACs and params it controls, searchable or why not), and every layer
+        with weights that no searchable group changes, with the reason."""
+        base = self.cost_model.base
+        order = {n: i for i, (n, _) in enumerate(self.model.named_modules())}
+        groups, touched = [], set()
+        for j, g in enumerate(self.groups):
+            k = self.cost_model.full.copy()
+            k[j] = 0
+            without = self.cost_model.cost(k)
+            layers = sorted({m.module for m in g.members}, key=order.__getitem__)
+            if g.name not in self.reasons:
+                touched.update(layers)
+            groups.append({"name": g.name, "kind": g.kind, "channels": int(g.channels), "layers": layers,
+                           "macs_share": (base.macs - without.macs) / base.macs,
+                           "params_share": (base.params - without.params) / base.params,
+                           "searchable": g.name not in self.reasons, "reason": self.reasons.get(g.name, "")})
+        owner = {m.module: g.name for g in self.groups for m in g.producers()}
+        kept = []
+        for name, module in self.model.named_modules():
+            if name in touched or not any(True for _ in module.parameters(recurse=False)):
+                continue
+            if name == self.info.classifier:
+                reason = "the classifier: its outputs are the classes (its inputs follow the layers before)"
+            elif name in owner:
+                reason = f"in group {owner[name]!r}: {self.reasons.get(owner[name], '')}"
+            elif any(name == u or name.startswith(u + ".") for u in self.untraced):
+                reason = "run untraced (--ignore): the groups around it stay whole"
+            elif self.untraced:
+                reason = f"in no prunable group: cut off from the trace by {', '.join(self.untraced)} (untraced)"
+            else:
+                reason = "in no prunable group (no conv output the trace could follow feeds it, or it feeds none)"
+            kept.append({"name": name, "type": type(module).__name__, "reason": reason})
+        return {"model": self.info.to_dict(), "space": self.name, "macs": base.macs, "params": base.params,
+                "groups": groups, "unpruned": kept, "untraced": list(self.untraced)}
 
     def counts(self, ratios: Sequence[float] | np.ndarray) -> np.ndarray:
         """Kept channels per searchable group for keep ratios (clipped to the bounds, rounded)."""
@@ -348,9 +386,8 @@ def space_for(model: nn.Module, spec: ModelSpec | str | torch.Tensor, space: str
               *, ignore: Sequence[str] = ()) -> PrunableSpace:
     """The :class:`PrunableSpace` of ``model``, built on first use and cached with the model."""
     per_model = _CACHE.setdefault(model, {})
-    name = spec.key() if isinstance(spec, ModelSpec) else (
-        spec if isinstance(spec, str) else f"example {tuple(spec.shape[1:])}")
-    key = (name, str(space), tuple(ignore))
+    spec = _as_spec(model, spec, ignore)
+    key = (spec.defaults().key(), str(space), ())  # a zoo name and its recorded spec share one trace
     if key not in per_model:
-        per_model[key] = PrunableSpace(model, spec, space, ignore=ignore)
+        per_model[key] = PrunableSpace(model, spec, space)
     return per_model[key]
