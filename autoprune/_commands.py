@@ -235,7 +235,9 @@ def run_search(args: argparse.Namespace) -> int:
 
     if args.resume:
         given = _given_spec(args)
-        config = resume_config(args.resume, space=args.space, model=given)
+        zoo = given is not None and given == ModelSpec(given.source)  # a bare zoo name: the arch check says it
+        config = resume_config(args.resume, arch=given.source if zoo else None, space=args.space,
+                               model=None if zoo else given)
         out = Path(args.resume)
         report = _kept_on(out, "report", args.report)
     else:
