@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="finalists re-judged on the rest of the holdout (default 5)")
     p.add_argument("--out", help="run directory, new or empty (default runs/<arch>-<agent>-<time>); a search that "
                                  "fails before its first episode leaves nothing in it")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (with the options it started with)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (with the options it started with; "
+                                                       "a model from a factory is imported again, as the original "
+                                                       "command named it in the run's config.yaml)")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="do not write report.md/html at the end (kept by --resume)")
     g = p.add_argument_group("Optuna agents")

@@ -298,7 +298,8 @@ def model_cases(t: Path, p: dict[str, Path], common: list[object]) -> list[Case]
 
     def pruning(name: str, *model: object, says: tuple[str, ...]) -> Case:
         out = t / f"model-{len(name)}-{abs(hash(name)) % 10**6}"
-        return Case(f"prune --model: {name}", [["prune", *model, "--input-size", "3,32,32", "--checkpoint", "none",
+        # the case's own options come last, so that they override these defaults
+        return Case(f"prune --model: {name}", [["prune", "--input-size", "3,32,32", "--checkpoint", "none", *model,
                                                  "--target-flops", "0.5", "--out", out]], "refuse", says,
                     lambda: f"left behind: {out.name}" if out.exists() else "")
 
