@@ -297,3 +297,17 @@ def test_bad_model_inputs_get_one_line_and_write_nothing(user, tiny, capsys, tmp
     assert code == 2 and message in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_inspect_lists_groups_and_unpruned_layers(user, capsys):
+    code, out, err = run(capsys, "inspect", "--model", f"{user / 'models.py'}:net", "--input-size", "3,32,32",
+                         "--ignore", "conv2")
+    assert code == 0, err
+    assert "1 of 3 groups searchable" in out and "no: --ignore 'conv2' keeps conv2" in out
+    assert "head" in out and "the classifier" in out
+    code, out, _ = run(capsys, "inspect", "--arch", "resnet20", "--json")
+    found = json.loads(out)
+    assert code == 0 and sum(g["searchable"] for g in found["groups"]) == 9
+    assert {g["reason"] for g in found["groups"] if not g["searchable"]} == {"not in space 'inner'"}
+    code, _, err = run(capsys, "inspect", "--model", f"{user / 'models.py'}:untraceable", "--input-size", "3,32,32")
+    assert code == 2 and "--ignore 'conv1.1'" in err and len(err.strip().splitlines()) == 1
