@@ -14,6 +14,8 @@ EPILOG = """examples:
   autoprune models
   autoprune data --data-dir data/imagenet
   autoprune flops --arch resnet56
+  autoprune inspect --model my_models.py:net --model-arg width=32 --input-size 3,32,32
+  autoprune prune --model my_models.py:net --input-size 3,32,32 --checkpoint net.pt --target-flops 0.5 --out runs/net50
   autoprune eval --arch resnet56 --checkpoint resnet56-4bfd9763.th --data-dir data/cifar10
   autoprune prune --arch resnet56 --checkpoint resnet56-4bfd9763.th --target-flops 0.5 --out runs/r56-u50
   autoprune eval --checkpoint runs/r56-u50/model.pt --data-dir data/cifar10 --recal-batches 10
@@ -32,14 +34,40 @@ def _presets() -> list[str]:
     return sorted(p.stem for p in resource_dir("agents").glob("*.yaml"))
 
 
-def _add_model_args(p: argparse.ArgumentParser, *, checkpoint: bool = True) -> None:
-    p.add_argument("--arch", help="architecture name (see `autoprune models`)")
-    p.add_argument("--space", default=None,
-                   help="prunable space: a name from the arch's search_spaces YAML (e.g. inner, full) or a YAML path; default: the arch's default")
+_MODEL_HELP = ("the model: a zoo name (see `autoprune models`), package.module:factory, or path/to/file.py:factory "
+               "(a function returning an nn.Module; autoprune imports it because you name it here, and a resumed "
+               "run imports it again from the run's config)")
+
+
+def _add_model_args(p: argparse.ArgumentParser, *, checkpoint: bool = True, space: bool = True,
+                    arch_help: str = "a zoo name: an alias of --model for zoo names") -> None:
+    """The model options, the same on every command that takes a model (see autoprune.models.ModelSpec)."""
+    g = p.add_argument_group("model (a zoo name, or your own nn.Module)")
+    g.add_argument("--model", help=_MODEL_HELP)
+    g.add_argument("--arch", help=arch_help)
+    g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword argument of the factory, parsed as a YAML scalar (3, 0.5, true, name); repeatable")
+    g.add_argument("--input-size", metavar="C,H,W", help="size of one input (default: the zoo's; required otherwise)")
+    g.add_argument("--num-classes", type=int, default=None,
+                   help="classifier width (default: 10 for CIFAR zoo models; a factory's own otherwise)")
+    g.add_argument("--mean", metavar="M1,M2,M3", help="input normalisation mean (default: the zoo's, else ImageNet's)")
+    g.add_argument("--std", metavar="S1,S2,S3", help="input normalisation std (default: the zoo's, else ImageNet's)")
+    g.add_argument("--output", metavar="KEY|INDEX",
+                   help="where the logits are in a tuple, dict or .logits output (default: the tensor itself, else "
+                        "'logits', else the first element)")
+    g.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
+                   help="keep the output channels of the modules whose name matches (fnmatch, e.g. 'head.*'); "
+                        "repeatable. The stem conv and the classifier are kept anyway")
+    if space:
+        g.add_argument("--space", default=None,
+                       help="prunable space: a name from the arch's search_spaces YAML (e.g. inner, full) or a YAML "
+                            "path; default: the arch's default ('all' outside the zoo: every group but the stem's)")
     if checkpoint:
-        p.add_argument("--checkpoint", default="pretrained",
-                       help="weights: a checkpoint file, or 'pretrained' for the registered weights (downloaded to "
-                            "$AUTOPRUNE_CACHE, default ~/.cache/autoprune); default: pretrained")
+        g.add_argument("--checkpoint", default="pretrained",
+                       help="weights: a state-dict file (plain, or under 'state_dict'/'model'; a 'module.' prefix is "
+                            "removed), 'pretrained' for the zoo's registered weights (downloaded to $AUTOPRUNE_CACHE, "
+                            "default ~/.cache/autoprune), or 'none' for the weights your factory built; default: "
+                            "pretrained")
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -118,7 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("flops", help="MACs and params of an architecture, or of a policy")
     _add_model_args(p, checkpoint=False)
     p.add_argument("--policy", help="a policy.json: report its pruned cost per group")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier width (default: 10 for CIFAR models)")
+
+    p = sub.add_parser("inspect", help="every group of a model: searchable or not and why, before any search",
+                       description="Trace a model once and list every channel group (name, kind, channels, coupled "
+                       "layers, share of MACs and params, searchable or not and why) and every layer left unpruned, "
+                       "with the reason. A model that cannot be traced is named here, with the --ignore that skips "
+                       "the module at fault.")
+    _add_model_args(p, checkpoint=False)
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
     p = sub.add_parser("eval", help="top-1/top-5 accuracy on the holdout and test splits",
                        description="Evaluate a model: a zoo arch with a checkpoint (optionally pruned by --policy), or a "
@@ -174,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="finalists re-judged on the rest of the holdout (default 5)")
     p.add_argument("--out", help="run directory, new or empty (default runs/<arch>-<agent>-<time>); a search that "
                                  "fails before its first episode leaves nothing in it")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (with the options it started with)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (with the options it started with; "
+                                                       "a model from a factory is imported again, as the original "
+                                                       "command named it in the run's config.yaml)")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="do not write report.md/html at the end (kept by --resume)")
     g = p.add_argument_group("Optuna agents")
@@ -209,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", nargs="+", metavar="POLICY", help="policy.json file(s); several need --ray")
     p.add_argument("--checkpoint", default="pretrained",
                    help="the weights the policy was cut from: a file, or 'pretrained' (default); its hash must match the policy's")
+    _add_model_args(p, checkpoint=False, space=False)
     _add_train_args(p)
     g = p.add_argument_group("Ray Tune (one trial per policy)")
     g.add_argument("--ray", action="store_true", help="run the fine-tunes as Ray Tune trials")
@@ -220,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "as in 'Rethinking the value of network pruning': --scratch E trains the base model's epochs, "
                        "--scratch B scales them by base MACs / pruned MACs, capped at 2x. Same run directory as "
                        "finetune.")
-    p.add_argument("--arch", help="architecture (taken from --policy when given)")
+    _add_model_args(p, checkpoint=False, space=False, arch_help="a zoo name (taken from --policy when given)")
     p.add_argument("--policy", help="train this policy's pruned architecture")
     p.add_argument("--scratch", choices=["E", "B"], help="epoch budget with --policy (default E)")
     p.add_argument("--checkpoint", default="pretrained", help="with --policy and --kd: the unpruned teacher's weights")
@@ -232,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "OUT/<cell>/finetune, results.csv and sweep.png (test accuracy against MACs kept, one line per "
                        "agent). A failed cell is retried from its last search checkpoint or epoch; --resume OUT "
                        "continues an interrupted sweep.")
-    p.add_argument("--arch", help="architecture (see `autoprune models`)")
+    _add_model_args(p, checkpoint=False, space=False)
     p.add_argument("--checkpoint", default="pretrained", help="the weights searched and fine-tuned (default: pretrained)")
     p.add_argument("--targets", nargs="+", default=[0.3, 0.5, 0.7],
                    help=f"targets, each {_TARGET_HELP} (default 0.3 0.5 0.7)")

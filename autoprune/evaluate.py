@@ -28,6 +28,7 @@ from .errors import AutopruneError
 if TYPE_CHECKING:
     import numpy as np
 
+    from .models import ModelSpec
     from .pruning import PrunableSpace
 
 __all__ = ["Accuracy", "evaluate", "recalibrate_bn", "check_classes", "Evaluator"]
@@ -97,11 +98,11 @@ def recalibrate_bn(model: nn.Module, batches: Batches) -> int:
     return used
 
 
-def check_classes(model: nn.Module, arch: str, dataset: Dataset) -> None:
-    """Refuse a model whose classifier's width is not the dataset's class count, saying both numbers."""
-    from .models import get_model_info
-
-    outputs = getattr(model.get_submodule(get_model_info(arch).classifier), "out_features", None)
+def check_classes(model: nn.Module, classifier: str | None, dataset: Dataset) -> None:
+    """Refuse a model whose classifier (a module name) is not as wide as the dataset's class count, saying both."""
+    if not classifier:
+        return
+    outputs = getattr(model.get_submodule(classifier), "out_features", None)
     if outputs is not None and outputs != dataset.num_classes:
         raise AutopruneError(
             f"The model has {outputs} outputs but {dataset.name} has {dataset.num_classes} classes "
@@ -169,20 +170,27 @@ class Evaluator:
             self.recal_loader = make_loader(dataset, "train", pick, batch_size=recal_batch_size, **common)
 
     @classmethod
-    def from_data_dir(cls, data_dir: str | os.PathLike[str] | None, arch: str, *, dataset: str = "cifar10",
-                      holdout: int = 5000, seed: int = 0, device: str | None = "auto",
+    def from_data_dir(cls, data_dir: str | os.PathLike[str] | None, arch: str | ModelSpec, *,
+                      dataset: str = "cifar10", holdout: int = 5000, seed: int = 0, device: str | None = "auto",
                       cache_limit: int | str | None = None, skip_bad_images: bool = False,
                       resize: int | None = None, input_size: int | None = None, **protocol: object) -> Evaluator:
-        """Load ``data_dir``, split off the seeded holdout, and judge models of ``arch`` (its normalisation).
+        """Load ``data_dir``, split off the seeded holdout, and judge models of ``arch`` (a zoo name or a
+        :class:`~autoprune.models.ModelSpec`: its normalisation; images held in memory must have its input size).
 
         ``input_size`` defaults to ``arch``'s; ``resize`` overrides the evaluation resize of streamed data;
         ``cache_limit`` and ``skip_bad_images`` go to :func:`~autoprune.data.load_dataset`. ``protocol``
         takes the remaining constructor arguments (batch sizes, recalibration, reward part, workers).
         """
-        from .models import get_model_info
+        from .models import ModelSpec
 
-        info = get_model_info(arch)
+        info = (arch if isinstance(arch, ModelSpec) else ModelSpec(arch)).defaults()
         data = load_dataset(data_dir, name=dataset, cache_limit=cache_limit, skip_bad_images=skip_bad_images)
+        want = tuple(info.input_size[1:]) if info.input_size else None
+        if not info.is_zoo and data.in_memory and resize is None and want and data.image_size != want:
+            shape = (3, *data.image_size)  # the zoo keeps its registered sizes; streamed data is cropped to size
+            raise AutopruneError(f"The images of {data.source} are {','.join(map(str, shape))} (C,H,W), but "
+                                 f"{info.source} takes {','.join(map(str, info.input_size))}: give --input-size "
+                                 f"{','.join(map(str, shape))} if the model accepts it.")
         splits = make_splits(len(data.train_labels), holdout=holdout, seed=seed)
         size = input_size if input_size is not None else info.input_size[-1]
         transforms = Transforms.for_input(size, data.image_size, resize=resize) if resize is not None else None

@@ -20,7 +20,6 @@ from torch import nn
 
 from ..data import DeviceLoader, StreamLoader, make_loader
 from ..evaluate import Evaluator
-from ..models import get_model_info
 from ..pruning import PrunableSpace, channel_scores, taylor_gradients
 
 __all__ = ["Context", "Outcome", "criterion_scores", "train_loader"]
@@ -93,7 +92,7 @@ def train_loader(context: Context, batch_size: int = 128, *, seed: int | None = 
     The last incomplete batch is dropped (BatchNorm's statistics of a batch of 2 are noise) unless
     the split is smaller than one batch, as in the tests' tiny datasets.
     """
-    evaluator, info = context.evaluator, get_model_info(context.space.arch)
+    evaluator, info = context.evaluator, context.space.info  # the model spec: its normalisation
     pick = evaluator.splits.train
     return make_loader(evaluator.dataset, "train", pick, batch_size=batch_size, mean=info.mean, std=info.std,
                        device=context.device, shuffle=True, augment=True, drop_last=len(pick) > batch_size,
