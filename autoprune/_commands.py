@@ -14,9 +14,10 @@ import torch
 from ._io import json_bytes
 from ._run_dir import RunDir
 from ._table import format_table
-from .checkpoints import PRETRAINED, load_model, load_pruned, pruned_state
+from .checkpoints import PRETRAINED, is_pruned_file, load_model, load_pruned, pruned_state
 from .errors import AutopruneError
-from .models import create, get_model_info, list_models
+from .models import (ModelSpec, create, get_model_info, list_models, parse_floats, parse_model_args, parse_size,
+                     replay_spec, resolve)
 from .policy import Policy
 from .pruning import apply, parse_target, space_for
 
@@ -24,18 +25,50 @@ if TYPE_CHECKING:
     from .training import TrainResult
 
 
-def _need_arch(args: argparse.Namespace) -> str:
-    if not args.arch:
-        raise AutopruneError("--arch is required (see `autoprune models`).")
-    get_model_info(args.arch)  # unknown names fail here, with suggestions
-    return args.arch
+_SPEC_OPTIONS = ("model_arg", "input_size", "num_classes", "mean", "std", "output", "ignore")
+
+
+def _given_spec(args: argparse.Namespace) -> ModelSpec | None:
+    """The model the user named (--model, or --arch for a zoo name) with its options; None if none was named."""
+    model, arch = getattr(args, "model", None), getattr(args, "arch", None)
+    if model and arch:
+        raise AutopruneError(f"Give --model or --arch, not both (--arch {arch} is an alias of --model for zoo names).")
+    if arch and ":" in arch:
+        raise AutopruneError(f"--arch takes zoo names; for a factory use --model {arch}.")
+    source = model or arch
+    given = [f"--{o.replace('_', '-')}" for o in _SPEC_OPTIONS if getattr(args, o, None) not in (None, [])]
+    if source is None:
+        if given:
+            raise AutopruneError(f"{', '.join(given)} describe a model: name it with --model (or --arch).")
+        return None
+    output = args.output
+    if output is not None and output.lstrip("-").isdigit():
+        output = int(output)
+    return ModelSpec(source, args=parse_model_args(args.model_arg), num_classes=args.num_classes,
+                     input_size=parse_size(args.input_size), mean=parse_floats(args.mean, "--mean"),
+                     std=parse_floats(args.std, "--std"), output=output, ignore=tuple(args.ignore))
+
+
+def _need_spec(args: argparse.Namespace) -> ModelSpec:
+    spec = _given_spec(args)
+    if spec is None:
+        raise AutopruneError("--model (or --arch) is required: a zoo name (see `autoprune models`), "
+                             "package.module:factory or path/to/file.py:factory.")
+    return spec
+
+
+
+
+def _label(spec: ModelSpec) -> str:
+    """A folder-name-safe label of a model: a zoo name, or a factory's name."""
+    return spec.source if spec.is_zoo else spec.source.rpartition(":")[2] or "model"
 
 
 def _mega(n: float) -> str:
     return f"{n / 1e6:.2f}M"
 
 
-def _fractions(values: Sequence[str | float], arch: str, space: str | None = None) -> list[float]:
+def _fractions(values: Sequence[str | float], arch: str | ModelSpec, space: str | None = None) -> list[float]:
     """Targets as fractions of the base MACs: each a fraction in (0, 1) or a MAC count like 60M, as prune takes.
 
     The base model is built only when a MAC count needs its MACs.
@@ -63,10 +96,11 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_flops(args: argparse.Namespace) -> int:
-    arch = _need_arch(args)
     policy = Policy.load(args.policy) if args.policy else None
-    model = create(arch, num_classes=policy.num_classes if policy else args.num_classes).eval()
-    space = space_for(model, arch, policy.space if policy else args.space)
+    spec = replay_spec(policy.model_spec, _given_spec(args)) if policy else _need_spec(args)
+    arch = spec.source
+    model = create(spec).eval()
+    space = space_for(model, spec, policy.space if policy else args.space)
     base = space.base
     print(f"{arch}: {_mega(base.macs)} MACs, {_mega(base.params)} params; space {space.name!r}: "
           f"{len(space.searchable)} of {len(space.groups)} groups searchable, keep ratio in {list(space.spec.bounds)}")
@@ -82,11 +116,62 @@ def run_flops(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluator(args: argparse.Namespace, arch: str, **protocol: object):  # noqa: ANN202
+def _data_options(args: argparse.Namespace) -> dict:
+    """The data-loading flags (issue 14) as config fields; a bad --cache-limit or count fails here."""
+    from .data._survey import parse_bytes
+
+    if args.cache_limit is not None:
+        parse_bytes(args.cache_limit)
+    for flag, value, low in (("--data-workers", args.data_workers, 0), ("--resize", args.resize, 1)):
+        if value is not None and value < low:
+            raise AutopruneError(f"{flag} must be at least {low}, but got {value}.")
+    return {"cache_limit": args.cache_limit, "skip_bad_images": args.skip_bad_images,
+            "data_workers": args.data_workers, "resize": args.resize}
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    spec = _need_spec(args)
+    model = create(spec).eval()  # weights do not change what can be pruned
+    found = space_for(model, spec, args.space).inventory()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    searchable = sum(g["searchable"] for g in found["groups"])
+    print(f"{spec.describe()}: {_mega(found['macs'])} MACs, {_mega(found['params'])} params; space "
+          f"{found['space']!r}: {searchable} of {len(found['groups'])} groups searchable")
+
+    def layers(names: list[str]) -> str:
+        return ", ".join(names[:4]) + (f" (+{len(names) - 4})" if len(names) > 4 else "")
+
+    print(format_table(["group", "kind", "channels", "coupled layers", "MACs %", "params %", "searchable"],
+                       [(g["name"], g["kind"], g["channels"], layers(g["layers"]), f"{100 * g['macs_share']:.1f}",
+                         f"{100 * g['params_share']:.1f}", "yes" if g["searchable"] else f"no: {g['reason']}")
+                        for g in found["groups"]]))
+    if found["unpruned"]:
+        print("\nleft unpruned:")
+        print(format_table(["layer", "type", "why"], [(u["name"], u["type"], u["reason"]) for u in found["unpruned"]]))
+    return 0
+
+
+def _evaluator(args: argparse.Namespace, arch: str | ModelSpec, **protocol: object):  # noqa: ANN202
     from .evaluate import Evaluator
 
+    options = _data_options(args)
     return Evaluator.from_data_dir(args.data_dir, arch, dataset=args.dataset, holdout=args.holdout,
-                                   device=args.device, **protocol)
+                                   device=args.device, cache_limit=options["cache_limit"],
+                                   skip_bad_images=options["skip_bad_images"], resize=options["resize"],
+                                   workers=options["data_workers"], **protocol)
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from .data._describe import describe
+
+    size = get_model_info(args.arch).input_size[-1] if args.arch else None
+    print("\n".join(describe(args.data_dir, name=args.dataset, cache_limit=args.cache_limit, input_size=size,
+                             verify=args.verify)))
+    return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -94,22 +179,27 @@ def run_eval(args: argparse.Namespace) -> int:
         raise AutopruneError(f"--recal-batches must be at least 0, but got {args.recal_batches}.")
     if args.batch_size < 1:
         raise AutopruneError(f"--batch-size must be at least 1, but got {args.batch_size}.")
-    if args.arch is None:
-        if args.checkpoint == "pretrained":
-            raise AutopruneError("Give --arch (and optionally --checkpoint), or --checkpoint FILE of a pruned model.")
-        model, policy = load_pruned(args.checkpoint)
-        arch = policy.arch
+    given = _given_spec(args)
+    if args.checkpoint != "pretrained" and (given is None or not given.is_zoo) and is_pruned_file(args.checkpoint):
+        if args.policy:
+            raise AutopruneError(f"{args.checkpoint} is a pruned model with its own policy: drop --policy.")
+        model, policy = load_pruned(args.checkpoint, model=given)  # a user's model only as --model names it
+        spec = replay_spec(policy.model_spec, given)
     else:
-        arch = _need_arch(args)
+        if given is None:
+            raise AutopruneError("Give --model or --arch (and optionally --checkpoint), or --checkpoint FILE of a "
+                                 "pruned model.")
         policy = Policy.load(args.policy) if args.policy else None
-        model, sha = load_model(arch, args.checkpoint, num_classes=policy.num_classes if policy else None)
+        spec = replay_spec(policy.model_spec, given, what=f"Policy {args.policy}") if policy else given
+        model, sha = load_model(spec, args.checkpoint,
+                                num_classes=policy.num_classes if policy and spec.is_zoo else None)
         if policy is not None:
-            policy.validate(space_for(model, arch, policy.space), checkpoint=sha)
+            policy.validate(space_for(model, spec, policy.space), checkpoint=sha)
             model = apply(model, policy)
-    evaluator = _evaluator(args, arch, batch_size=args.batch_size, recal_batches=args.recal_batches)
+    arch = spec.source
+    evaluator = _evaluator(args, spec, batch_size=args.batch_size, recal_batches=args.recal_batches)
     dataset = evaluator.dataset
-    info = get_model_info(arch)
-    expected = model.get_submodule(info.classifier).out_features
+    expected = policy.num_classes if policy is not None else resolve(model, spec).num_classes
     if expected != dataset.num_classes:
         raise AutopruneError(f"The model has {expected} outputs but {dataset.name} has {dataset.num_classes} classes.")
     model = evaluator.prepare(model)
@@ -130,20 +220,22 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_prune(args: argparse.Namespace) -> int:
     from .pruning import prune
 
-    arch = _need_arch(args)
-    target = _fractions([args.target_flops], arch, args.space)[0]
+    spec = _need_spec(args)
+    arch = spec.source
     out = Path(args.out)
     RunDir.check(out, kind="prune", overwrite=args.overwrite)
-    model, sha = load_model(arch, args.checkpoint)
+    model, sha = load_model(spec, args.checkpoint)
+    space_for(model, spec, args.space)  # a model that cannot be pruned is refused here, before anything is written
+    target = _fractions([args.target_flops], spec, args.space)[0]
     batches, dataset_name = None, args.dataset
     if args.criterion in ("taylor", "reconstruction"):  # they score on training batches
         if not args.data_dir:
             raise AutopruneError(f"--criterion {args.criterion} needs training data: pass --data-dir.")
-        evaluator = _evaluator(args, arch, recal_batches=4)
+        evaluator = _evaluator(args, spec, recal_batches=4)
         dataset_name = evaluator.dataset.name
         model = evaluator.prepare(model)
         batches = list(evaluator.recal_loader)
-    policy, pruned = prune(model, arch, target, method=args.method, criterion=args.criterion,
+    policy, pruned = prune(model, spec, target, method=args.method, criterion=args.criterion,
                            space=args.space, dataset=dataset_name, checkpoint=sha, batches=batches, seed=args.seed)
     pruned = pruned.cpu()
     run = RunDir.create(out, kind="prune", overwrite=args.overwrite)
@@ -156,7 +248,8 @@ def run_prune(args: argparse.Namespace) -> int:
           f"{_mega(policy.params)} params ({policy.params_fraction:.2%}); {args.method} / {args.criterion}, "
           f"keep ratios {ratios.min():.2f}..{ratios.max():.2f} over {len(ratios)} groups")
     print(f"wrote {out / 'policy.json'} and {out / 'model.pt'}")
-    print(f"evaluate: autoprune eval --checkpoint {out / 'model.pt'} --data-dir DATA --recal-batches 10")
+    again = "" if spec.is_zoo else f" --model {spec.source}" + "".join(f" --model-arg {k}={v}" for k, v in spec.args.items())
+    print(f"evaluate: autoprune eval --checkpoint {out / 'model.pt'}{again} --data-dir DATA --recal-batches 10")
     return 0
 
 
@@ -166,23 +259,28 @@ def run_search(args: argparse.Namespace) -> int:
     from .search import SearchConfig, resume_config, search
 
     if args.resume:
-        config = resume_config(args.resume, arch=args.arch, space=args.space)
+        given = _given_spec(args)
+        zoo = given is not None and given == ModelSpec(given.source)  # a bare zoo name: the arch check says it
+        config = resume_config(args.resume, arch=given.source if zoo else None, space=args.space,
+                               model=None if zoo else given)
         out = Path(args.resume)
         report = _kept_on(out, "report", args.report)
     else:
-        arch = _need_arch(args)
+        spec = _need_spec(args)
+        arch = spec.source
         if not args.data_dir:
             raise AutopruneError("--data-dir is required: the search judges policies on held-out training images.")
-        targets = _fractions(args.target_flops, arch, args.space) if args.target_flops else None
-        config = SearchConfig(arch=arch, data_dir=args.data_dir, agent=args.agent, checkpoint=args.checkpoint,
+        targets = _fractions(args.target_flops, spec, args.space) if args.target_flops else None
+        config = SearchConfig(arch=arch, model=None if spec == ModelSpec(arch) else spec.to_dict(),
+                              data_dir=args.data_dir, agent=args.agent, checkpoint=args.checkpoint,
                               targets=targets, episodes=args.episodes, space=args.space,
                               dataset=args.dataset, seed=args.seed, device=args.device, holdout=args.holdout,
                               reward_samples=args.reward_samples, recal_batches=args.recal_batches, top_k=args.top_k,
                               multi_fidelity=args.multi_fidelity, storage=args.storage, study_name=args.study_name,
                               workers=args.workers, ray=args.ray, ray_address=args.ray_address,
-                              warm_start=args.warm_start)
+                              warm_start=args.warm_start, **_data_options(args))
         agent = Path(args.agent).stem
-        out = Path(args.out) if args.out else Path("runs") / f"{arch}-{agent}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = Path(args.out) if args.out else Path("runs") / f"{_label(spec)}-{agent}-{time.strftime('%Y%m%d-%H%M%S')}"
         report = args.report
     result = search(config, out, resume=bool(args.resume), overwrite=args.overwrite,
                     cli_options={"report": args.report})
@@ -219,9 +317,9 @@ def run_export_policy(args: argparse.Namespace) -> int:
     from .search import export_policy, resume_config
 
     config = resume_config(args.run)
-    target = _fractions([args.target_flops], config.arch, config.space)[0]
+    target = _fractions([args.target_flops], config.model_spec, config.space)[0]
     out = Path(args.out) if args.out else Path(args.run) / f"policy-{target:g}.json"
-    policy = export_policy(args.run, target, out)
+    policy = export_policy(args.run, target, out, overwrite=args.overwrite)
     print(f"{policy.arch} at target {args.target_flops}: {policy.macs_fraction:.2%} MACs, "
           f"holdout top-1 {100 * policy.accuracy['holdout']:.2f}%")
     print(f"wrote {out}")
@@ -231,10 +329,10 @@ def run_export_policy(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from .export import export_pruned
 
-    result, policy = export_pruned(args.checkpoint, args.out, args.format, batch=args.batch,
+    result, policy = export_pruned(args.checkpoint, args.out, args.format, model=_given_spec(args), batch=args.batch,
                                    dynamic_batch=args.dynamic_batch, opset=args.opset, overwrite=args.overwrite,
                                    rtol=args.rtol)
-    print(f"{policy.arch} pruned to {policy.macs_fraction:.1%} MACs ({_mega(policy.macs)}), {_mega(policy.params)} params")
+    print(f"{policy.model_spec.source} pruned to {policy.macs_fraction:.1%} MACs ({_mega(policy.macs)}), {_mega(policy.params)} params")
     print(result.summary())
     load = ("onnxruntime.InferenceSession(PATH).run(None, {'input': x})" if result.format == "onnx"
             else "torch.export.load(PATH).module()(x)")
@@ -257,8 +355,8 @@ def _train_kwargs(args: argparse.Namespace) -> dict:
         raise AutopruneError(f"{flags} only {verb} with knowledge distillation: add --kd (or --kd-teacher), or drop "
                              f"{them}.")
     kd = Distillation(args.kd_teacher, **given) if args.kd or args.kd_teacher else None
-    return {"checkpoint": args.checkpoint, "recipe": recipe, "kd": kd, "dataset": args.dataset,
-            "holdout": args.holdout, "seed": args.seed, "eval_batch_size": args.eval_batch_size}
+    return {"checkpoint": args.checkpoint, "recipe": recipe, "kd": kd, "dataset": args.dataset, "model": _given_spec(args),
+            "holdout": args.holdout, "seed": args.seed, "eval_batch_size": args.eval_batch_size, **_data_options(args)}
 
 
 def _default_out(name: str) -> Path:
@@ -328,7 +426,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         return 1 if any(o.status == "error" for o in outcomes) else 0
     config = make_config("finetune", args.data_dir, policy=args.policy[0], preset=args.preset, device=args.device,
                          **_train_kwargs(args))
-    out = Path(args.out) if args.out else _default_out(f"{config.arch}-finetune")
+    out = Path(args.out) if args.out else _default_out(f"{_label(config.model_spec)}-finetune")
     return _print_run(train(config, out, overwrite=args.overwrite, progress=args.progress))
 
 
@@ -340,14 +438,16 @@ def run_train(args: argparse.Namespace) -> int:
     if not args.data_dir:
         raise AutopruneError("--data-dir is required: training reads it and judges on its holdout split.")
     if args.policy is None:
-        _need_arch(args)
+        _need_spec(args)
     config = make_config("scratch", args.data_dir, policy=args.policy, arch=args.arch, scratch=args.scratch,
                          preset=args.preset, device=args.device, **_train_kwargs(args))
-    name = f"{config.arch}-scratch{config.scratch}" if config.scratch else f"{config.arch}-train"
+    label = _label(config.model_spec)
+    name = f"{label}-scratch{config.scratch}" if config.scratch else f"{label}-train"
     out = Path(args.out) if args.out else _default_out(name)
     code = _print_run(train(config, out, overwrite=args.overwrite, progress=args.progress))
     if config.policy is None:
-        print(f"use it: --arch {config.arch} --checkpoint {out / 'model.pt'}")
+        model = f"--arch {config.arch}" if config.model_spec.is_zoo else f"--model {config.arch}"
+        print(f"use it: {model} --checkpoint {out / 'model.pt'}")
     return code
 
 
@@ -363,16 +463,19 @@ def run_sweep(args: argparse.Namespace) -> int:
         out = Path(args.resume)
         report = _kept_on(out, "report", args.report)
     else:
-        arch = _need_arch(args)
+        spec = _need_spec(args)
+        arch = spec.source
         if not args.data_dir:
             raise AutopruneError("--data-dir is required: every cell searches and fine-tunes on it.")
-        config = SweepConfig(arch=arch, data_dir=args.data_dir, targets=tuple(_fractions(args.targets, arch)),
+        named = {} if spec == ModelSpec(arch) else {"model": spec.to_dict()}
+        config = SweepConfig(arch=arch, data_dir=args.data_dir, targets=tuple(_fractions(args.targets, spec)),
                              agents=tuple(args.agents),
                              checkpoint=args.checkpoint, episodes=args.episodes, finetune_epochs=args.finetune_epochs,
                              preset=args.preset, seed=args.seed,
-                             search={"dataset": args.dataset, "holdout": args.holdout, "device": args.device},
-                             train={"dataset": args.dataset, "holdout": args.holdout})
-        out = Path(args.out) if args.out else _default_out(f"{arch}-sweep")
+                             search={"dataset": args.dataset, "holdout": args.holdout, "device": args.device,
+                                     **named, **_data_options(args)},
+                             train={"dataset": args.dataset, "holdout": args.holdout, **named, **_data_options(args)})
+        out = Path(args.out) if args.out else _default_out(f"{_label(spec)}-sweep")
         outcomes = sweep(config, out, options, overwrite=args.overwrite, cli_options={"report": args.report})
         report = args.report
     print(table(outcomes))

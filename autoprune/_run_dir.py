@@ -19,7 +19,7 @@ through :class:`RunDir` before any work, so a bad ``--out`` costs seconds, not a
 The marker ``autoprune-run.json`` identifies a run of autoprune::
 
     {"format": "autoprune-run-v1", "kind": "search", "started": false, "version": "0.5.0",
-     "created": "2026-01-05 12:00:00", "host": "node1", "pid": 4242, "options": {"report": false}}
+     "created": "2026-01-05T12:00:00+00:00", "host": "node1", "pid": 4242, "options": {"report": false}}
 
 ``kind`` is the command that wrote the folder (see :data:`WRITES`); ``started`` turns true with
 :meth:`RunDir.mark_started`; ``host`` and ``pid`` keep a second command from replacing a run that is
@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
@@ -288,7 +289,7 @@ class RunDir:
         except OSError as e:
             raise (output_error(e, path) or e) from None
         run._marker = {"format": _FORMAT, "kind": kind, "started": False, "version": _version(),
-                       "created": time.strftime("%Y-%m-%d %H:%M:%S"), "host": socket.gethostname(),
+                       "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": socket.gethostname(),
                        "pid": os.getpid(), "options": dict(cli_options or {})}
         write_json(path / MARKER, run._marker)
         if config is not None:
@@ -338,6 +339,15 @@ class RunDir:
     def options(self) -> dict[str, Any]:
         """The command-line settings recorded when the run was created (empty for a run older than the marker)."""
         return dict((self._marker or {}).get("options", {}))
+
+    @property
+    def created(self) -> str | None:
+        """When the run was created (ISO 8601, UTC), kept across ``--resume``: a resumed run's wall time counts from it.
+
+        None for a run older than the marker or than this field (its "created" was local time without a zone).
+        """
+        value = (self._marker or {}).get("created")
+        return value if isinstance(value, str) and "T" in value else None
 
     @property
     def started(self) -> bool:

@@ -2,8 +2,9 @@
 
 Every load goes through ``torch.load(..., weights_only=True)`` (``_io.load_torch``):
 a checkpoint is data, never code. A pruned model is saved as its policy (plain JSON-like
-data) plus a state dict, and rebuilt by replaying the policy on the zoo
-architecture, so loading it needs no pickled classes either.
+data) plus a state dict, and rebuilt by replaying the policy on the model its
+spec names (a zoo name freely; a user's factory only when the user names it
+again), so loading it needs no pickled classes either.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,13 @@ from torch.hub import download_url_to_file
 from ._io import load_torch, save_torch
 from ._resources import cache_root
 from .errors import CheckpointError, unknown_name
-from .models import create
+from .models import ModelSpec, build, replay_spec, state_sha256
 from .policy import Policy
 from .pruning import apply
 
 __all__ = [
     "PretrainedWeights", "PRETRAINED", "file_sha256", "read_state_dict",
-    "load_checkpoint", "pretrained_path", "load_model", "pruned_state", "save_pruned", "load_pruned",
+    "load_checkpoint", "pretrained_path", "load_model", "pruned_state", "save_pruned", "load_pruned", "is_pruned_file",
 ]
 
 PRUNED_FORMAT = "autoprune-pruned-v1"
@@ -145,17 +146,28 @@ def pretrained_path(arch: str, *, download: bool = True) -> Path:
     return path
 
 
-def load_model(arch: str, checkpoint: str | os.PathLike[str] | None, *, num_classes: int | None = None,
+def load_model(arch: str | ModelSpec, checkpoint: str | os.PathLike[str] | None, *, num_classes: int | None = None,
                download: bool = True) -> tuple[nn.Module, str | None]:
-    """Build ``arch`` and load weights: a path, "pretrained" (the registry), or None (random init).
+    """Build ``arch`` (a zoo name or a :class:`ModelSpec`) and load weights: a path, "pretrained" (the
+    registry's), "none" (the weights the factory built: its own pretrained ones, say) or None (random init).
 
-    Returns the model in eval mode and the checkpoint's sha256 (None for random init).
+    Returns the model in eval mode and the checkpoint's sha256 (None for random init; for "none", the
+    sha256 of the weights the factory built).
     """
-    model = create(arch, num_classes=num_classes)
+    spec = arch if isinstance(arch, ModelSpec) else ModelSpec(arch)
+    if num_classes is not None:
+        spec = replace(spec, num_classes=num_classes)
+    if str(checkpoint) == "pretrained" and spec.source not in PRETRAINED:
+        # checked before building: a user's factory is not run for a command that cannot go on
+        hint = "" if spec.is_zoo else ", or --checkpoint none to keep the weights its factory built"
+        raise CheckpointError(f"{spec.source} has no registered pretrained weights: pass --checkpoint FILE{hint}.")
+    model = build(spec)
     if checkpoint is None:
         return model.eval(), None
-    path = pretrained_path(arch, download=download) if str(checkpoint) == "pretrained" else Path(checkpoint)
-    return model.eval(), load_checkpoint(model, path, arch)
+    if str(checkpoint) == "none":
+        return model.eval(), state_sha256(model)
+    path = pretrained_path(spec.source, download=download) if str(checkpoint) == "pretrained" else Path(checkpoint)
+    return model.eval(), load_checkpoint(model, path, spec.describe())
 
 
 def pruned_state(model: nn.Module, policy: Policy) -> dict[str, Any]:
@@ -168,18 +180,39 @@ def save_pruned(path: str | os.PathLike[str], model: nn.Module, policy: Policy) 
     save_torch(path, pruned_state(model, policy))
 
 
-def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[nn.Module, Policy]:
-    """Rebuild a model saved by :func:`save_pruned`: replay its policy on the zoo architecture, load weights."""
+def is_pruned_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a pruned model written by autoprune (it is read, as data)."""
+    if not Path(path).is_file():
+        return False
+    try:
+        obj = load_torch(path, "Checkpoint")
+    except CheckpointError:
+        return False
+    return isinstance(obj, dict) and obj.get("format") == PRUNED_FORMAT
+
+
+def load_pruned(path: str | os.PathLike[str], map_location: str | torch.device = "cpu", *,
+                model: ModelSpec | nn.Module | None = None) -> tuple[nn.Module, Policy]:
+    """Rebuild a model saved by :func:`save_pruned`: replay its policy on the model it names, load weights.
+
+    A zoo model is rebuilt from its name. A user's model is rebuilt only from what the caller gives as
+    ``model``: the same :class:`ModelSpec` (fields left out take the policy's; fields that differ are
+    refused by name) or an unpruned module object of that model; autoprune never imports the code a
+    policy names on its own.
+    """
     path = Path(path)
     obj: Any = load_torch(path, "Pruned checkpoint", map_location=map_location)
     if not isinstance(obj, dict) or obj.get("format") != PRUNED_FORMAT:
         raise CheckpointError(f"{path} is not a pruned autoprune checkpoint (format {PRUNED_FORMAT}): give the "
                               "model.pt that `autoprune prune`, `finetune` or `train` wrote (save_pruned() in Python).")
     policy = Policy.from_dict(obj["policy"], source=str(path))
-    base = create(policy.arch, num_classes=policy.num_classes)
-    model = apply(base, policy)
+    if isinstance(model, nn.Module):
+        base = model
+    else:
+        base = build(replay_spec(policy.model_spec, model, what=f"Pruned model {path}"))
+    pruned = apply(base, policy)
     try:
-        model.load_state_dict(obj["state_dict"])
+        pruned.load_state_dict(obj["state_dict"])
     except RuntimeError as e:
         raise CheckpointError(f"Pruned checkpoint {path}: weights do not fit its policy ({str(e).splitlines()[0]}).") from e
-    return model.eval().to(map_location), policy
+    return pruned.eval().to(map_location), policy

@@ -12,7 +12,10 @@ __all__ = ["build_parser", "main"]
 
 EPILOG = """examples:
   autoprune models
+  autoprune data --data-dir data/imagenet
   autoprune flops --arch resnet56
+  autoprune inspect --model my_models.py:net --model-arg width=32 --input-size 3,32,32
+  autoprune prune --model my_models.py:net --input-size 3,32,32 --checkpoint net.pt --target-flops 0.5 --out runs/net50
   autoprune eval --arch resnet56 --checkpoint resnet56-4bfd9763.th --data-dir data/cifar10
   autoprune prune --arch resnet56 --checkpoint resnet56-4bfd9763.th --target-flops 0.5 --out runs/r56-u50
   autoprune eval --checkpoint runs/r56-u50/model.pt --data-dir data/cifar10 --recal-batches 10
@@ -32,14 +35,40 @@ def _presets() -> list[str]:
     return sorted(p.stem for p in resource_dir("agents").glob("*.yaml"))
 
 
-def _add_model_args(p: argparse.ArgumentParser, *, checkpoint: bool = True) -> None:
-    p.add_argument("--arch", help="architecture name (see `autoprune models`)")
-    p.add_argument("--space", default=None,
-                   help="prunable space: a name from the arch's search_spaces YAML (e.g. inner, full) or a YAML path; default: the arch's default")
+_MODEL_HELP = ("the model: a zoo name (see `autoprune models`), package.module:factory, or path/to/file.py:factory "
+               "(a function returning an nn.Module; autoprune imports it because you name it here, and a resumed "
+               "run imports it again from the run's config)")
+
+
+def _add_model_args(p: argparse.ArgumentParser, *, checkpoint: bool = True, space: bool = True,
+                    arch_help: str = "a zoo name: an alias of --model for zoo names") -> None:
+    """The model options, the same on every command that takes a model (see autoprune.models.ModelSpec)."""
+    g = p.add_argument_group("model (a zoo name, or your own nn.Module)")
+    g.add_argument("--model", help=_MODEL_HELP)
+    g.add_argument("--arch", help=arch_help)
+    g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword argument of the factory, parsed as a YAML scalar (3, 0.5, true, name); repeatable")
+    g.add_argument("--input-size", metavar="C,H,W", help="size of one input (default: the zoo's; required otherwise)")
+    g.add_argument("--num-classes", type=int, default=None,
+                   help="classifier width (default: 10 for CIFAR zoo models; a factory's own otherwise)")
+    g.add_argument("--mean", metavar="M1,M2,M3", help="input normalisation mean (default: the zoo's, else ImageNet's)")
+    g.add_argument("--std", metavar="S1,S2,S3", help="input normalisation std (default: the zoo's, else ImageNet's)")
+    g.add_argument("--output", metavar="KEY|INDEX",
+                   help="where the logits are in a tuple, dict or .logits output (default: the tensor itself, else "
+                        "'logits', else the first element)")
+    g.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
+                   help="keep the output channels of the modules whose name matches (fnmatch, e.g. 'head.*'); "
+                        "repeatable. The stem conv and the classifier are kept anyway")
+    if space:
+        g.add_argument("--space", default=None,
+                       help="prunable space: a name from the arch's search_spaces YAML (e.g. inner, full) or a YAML "
+                            "path; default: the arch's default ('all' outside the zoo: every group but the stem's)")
     if checkpoint:
-        p.add_argument("--checkpoint", default="pretrained",
-                       help="weights: a checkpoint file, or 'pretrained' for the registered weights (downloaded to "
-                            "$AUTOPRUNE_CACHE, default ~/.cache/autoprune); default: pretrained")
+        g.add_argument("--checkpoint", default="pretrained",
+                       help="weights: a state-dict file (plain, or under 'state_dict'/'model'; a 'module.' prefix is "
+                            "removed), 'pretrained' for the zoo's registered weights (downloaded to $AUTOPRUNE_CACHE, "
+                            "default ~/.cache/autoprune), or 'none' for the weights your factory built; default: "
+                            "pretrained")
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -48,6 +77,20 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"], help="which CIFAR when reading pickles")
     p.add_argument("--holdout", type=int, default=5000, help="training images held out for validation (default 5000)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    _add_loading_args(p)
+
+
+def _add_loading_args(p: argparse.ArgumentParser) -> None:
+    """How an image folder is loaded (issue 14); see `autoprune data`."""
+    g = p.add_argument_group("data loading (image folders)")
+    g.add_argument("--cache-limit", help="decode a folder whose images share one size into memory when it takes at "
+                                         "most this (e.g. 4G, 500M); otherwise stream it from disk (default: a "
+                                         "quarter of this machine's memory)")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="skip images that cannot be decoded, and count them, instead of stopping at the first")
+    g.add_argument("--data-workers", type=int, help="processes decoding streamed images (default: the CPUs, at most 8)")
+    g.add_argument("--resize", type=int, help="streamed images: the shorter side before the centre crop at evaluation "
+                                              "(default: input size / 0.875, 256 for 224-px models)")
 
 
 _PRESET_HELP = ("recipe preset: auto, cifar, cpu or a YAML file (default auto: cifar on CUDA, cpu otherwise). cifar is "
@@ -104,7 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("flops", help="MACs and params of an architecture, or of a policy")
     _add_model_args(p, checkpoint=False)
     p.add_argument("--policy", help="a policy.json: report its pruned cost per group")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier width (default: 10 for CIFAR models)")
+
+    p = sub.add_parser("inspect", help="every group of a model: searchable or not and why, before any search",
+                       description="Trace a model once and list every channel group (name, kind, channels, coupled "
+                       "layers, share of MACs and params, searchable or not and why) and every layer left unpruned, "
+                       "with the reason. A model that cannot be traced is named here, with the --ignore that skips "
+                       "the module at fault.")
+    _add_model_args(p, checkpoint=False)
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
     p = sub.add_parser("eval", help="top-1/top-5 accuracy on the holdout and test splits",
                        description="Evaluate a model: a zoo arch with a checkpoint (optionally pruned by --policy), or a "
@@ -123,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--target-flops", required=True, help=_TARGET_HELP)
     p.add_argument("--method", default="uniform", help="uniform or global (default uniform)")
-    p.add_argument("--criterion", default="l1", help="channel selection: l1, l2, bn-gamma, random, taylor, reconstruction "
+    p.add_argument("--criterion", default="l1", help="channel selection: l1, l2, bn-gamma, group-l1, group-l2, group-bn-gamma, random, taylor, "
+                   "reconstruction "
                    "(taylor and reconstruction need --data-dir; default l1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
     p.add_argument("--out", required=True, help="output directory, new or empty: policy.json and model.pt are "
@@ -159,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="finalists re-judged on the rest of the holdout (default 5)")
     p.add_argument("--out", help="run directory, new or empty (default runs/<arch>-<agent>-<time>); a search that "
                                  "fails before its first episode leaves nothing in it")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (with the options it started with)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (with the options it started with; "
+                                                       "a model from a factory is imported again, as the original "
+                                                       "command named it in the run's config.yaml)")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="do not write report.md/html at the end (kept by --resume)")
     g = p.add_argument_group("Optuna agents")
@@ -182,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="the search run directory")
     p.add_argument("--target-flops", required=True, help=_TARGET_HELP)
     p.add_argument("--out", help="policy file to write (default RUN/policy-<target>.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing policy file (for a searched target, the search's own pick)")
 
     p = sub.add_parser("export", help="a pruned model.pt as a standalone ONNX or torch.export (.pt2) file",
                        description="Export a pruned model (model.pt of prune, finetune or train) to a file that loads "
@@ -190,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "The written file is loaded back and compared with PyTorch on random inputs before it takes "
                        "its name; a difference above the tolerance is an error and leaves nothing behind.")
     p.add_argument("--checkpoint", required=True, help="the pruned model.pt to export")
+    _add_model_args(p, checkpoint=False, space=False,
+                    arch_help="a zoo name: an alias of --model (not needed: a zoo model is rebuilt from its policy)")
     p.add_argument("--format", help="onnx or pt2 (default: from --out's suffix, .onnx or .pt2)")
     p.add_argument("--out", required=True, help="the file to write (not replaced unless --overwrite)")
     p.add_argument("--batch", type=int, default=1, help="batch size fixed in the file (default 1)")
@@ -208,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", nargs="+", metavar="POLICY", help="policy.json file(s); several need --ray")
     p.add_argument("--checkpoint", default="pretrained",
                    help="the weights the policy was cut from: a file, or 'pretrained' (default); its hash must match the policy's")
+    _add_model_args(p, checkpoint=False, space=False)
     _add_train_args(p)
     g = p.add_argument_group("Ray Tune (one trial per policy)")
     g.add_argument("--ray", action="store_true", help="run the fine-tunes as Ray Tune trials")
@@ -219,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "as in 'Rethinking the value of network pruning': --scratch E trains the base model's epochs, "
                        "--scratch B scales them by base MACs / pruned MACs, capped at 2x. Same run directory as "
                        "finetune.")
-    p.add_argument("--arch", help="architecture (taken from --policy when given)")
+    _add_model_args(p, checkpoint=False, space=False, arch_help="a zoo name (taken from --policy when given)")
     p.add_argument("--policy", help="train this policy's pruned architecture")
     p.add_argument("--scratch", choices=["E", "B"], help="epoch budget with --policy (default E)")
     p.add_argument("--checkpoint", default="pretrained", help="with --policy and --kd: the unpruned teacher's weights")
@@ -231,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "OUT/<cell>/finetune, results.csv and sweep.png (test accuracy against MACs kept, one line per "
                        "agent). A failed cell is retried from its last search checkpoint or epoch; --resume OUT "
                        "continues an interrupted sweep.")
-    p.add_argument("--arch", help="architecture (see `autoprune models`)")
+    _add_model_args(p, checkpoint=False, space=False)
     p.add_argument("--checkpoint", default="pretrained", help="the weights searched and fine-tuned (default: pretrained)")
     p.add_argument("--targets", nargs="+", default=[0.3, 0.5, 0.7],
                    help=f"targets, each {_TARGET_HELP} (default 0.3 0.5 0.7)")
@@ -249,6 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     _add_data_args(p, required=False)
     _add_trial_resources(p.add_argument_group("Ray Tune"))
+
+    p = sub.add_parser("data", help="what autoprune sees in a data folder: splits, classes, sizes, loader, errors",
+                       description="Survey a data folder without decoding it: splits, classes, images per class, the "
+                       "sizes and formats seen (from the image headers), which loader the data gets (in-memory cache "
+                       "or streaming) and why, the transforms for the model's input size, and the unreadable images.")
+    p.add_argument("--data-dir", required=True, help="the dataset folder")
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"], help="which CIFAR when reading pickles")
+    p.add_argument("--arch", help="report the transforms for this architecture's input size (default 224, or the "
+                                  "images' size when they share a square one)")
+    p.add_argument("--cache-limit", help="as for the other commands (default: a quarter of this machine's memory)")
+    p.add_argument("--verify", action="store_true", help="decode every image to find truncated files (slow)")
 
     p = sub.add_parser("report", help="report.md and report.html with plots for a run directory",
                        description="Write report.md, a self-contained report.html and PNG plots into a run directory "

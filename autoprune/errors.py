@@ -15,6 +15,7 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "PolicyError",
+    "ModelError",
     "BudgetError",
     "OutputError",
     "DependencyNotInstalled",
@@ -45,6 +46,12 @@ class CheckpointError(AutopruneError):
 
 class PolicyError(AutopruneError):
     """Raised when a policy file is malformed or does not match the model it names."""
+
+
+class ModelError(AutopruneError):
+    """Raised when a model spec cannot become a prunable model: its factory does not import, is not callable,
+    rejects its arguments or returns no ``nn.Module``; the model rejects its input size; ``--output`` selects
+    nothing; an ``--ignore`` pattern matches no module; it has no prunable group, or it cannot be traced."""
 
 
 class BudgetError(AutopruneError):

@@ -22,15 +22,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._device import resolve_device
-from .data import Dataset, DeviceLoader, Splits, load_dataset, make_splits
+from .data import Dataset, Splits, Transforms, load_dataset, make_loader, make_splits
 from .errors import AutopruneError
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from .models import ModelSpec
     from .pruning import PrunableSpace
 
-__all__ = ["Accuracy", "evaluate", "recalibrate_bn", "Evaluator"]
+__all__ = ["Accuracy", "evaluate", "recalibrate_bn", "check_classes", "Evaluator"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -97,6 +98,18 @@ def recalibrate_bn(model: nn.Module, batches: Batches) -> int:
     return used
 
 
+def check_classes(model: nn.Module, classifier: str | None, dataset: Dataset) -> None:
+    """Refuse a model whose classifier (a module name) is not as wide as the dataset's class count, saying both."""
+    if not classifier:
+        return
+    outputs = getattr(model.get_submodule(classifier), "out_features", None)
+    if outputs is not None and outputs != dataset.num_classes:
+        raise AutopruneError(
+            f"The model has {outputs} outputs but {dataset.name} has {dataset.num_classes} classes "
+            f"({dataset.source}). Use a checkpoint trained on these {dataset.num_classes} classes, or data with "
+            f"{outputs} class folders.")
+
+
 class Evaluator:
     """Holdout and test accuracy of models on one dataset, with optional adaptive BN.
 
@@ -114,51 +127,75 @@ class Evaluator:
             the search never optimised (the winner's curse). None: no split. The reward part is
             itself split into its first quarter ("screen") and the rest ("rest"), so a
             multi-fidelity search can stop early on hopeless policies.
+        input_size: the model's (square) input size: streamed data is resized and cropped to it
+            (:func:`~autoprune.data.make_loader`); None feeds in-memory data as it is.
+        transforms: overrides the default transforms for that input size.
+        workers: decoding processes of streamed data (default: the CPUs, at most 8).
+
+    Every part is a fixed, seeded set of images under deterministic evaluation transforms, so every
+    policy is judged on the same pixels, streamed or not.
     """
 
     def __init__(self, dataset: Dataset, splits: Splits, *, mean: tuple[float, ...], std: tuple[float, ...],
                  device: torch.device | str = "cpu", batch_size: int = 500, recal_batches: int = 0,
-                 recal_batch_size: int = 100, seed: int = 0, reward_samples: int | None = None) -> None:
+                 recal_batch_size: int = 100, seed: int = 0, reward_samples: int | None = None,
+                 input_size: int | None = None, transforms: Transforms | None = None,
+                 workers: int | None = None) -> None:
         self.device = torch.device(device)
         self.dataset = dataset
         self.splits = splits  # training methods (the handcrafted baselines) train on splits.train
+        self.input_size, self.transforms, self.workers = input_size, transforms, workers
         # channels-last on every device: on CUDA for tensor cores, and on CPU too, where oneDNN's
         # NHWC kernels made BN recalibration plus evaluation of a pruned resnet56 about 1.2x faster
         # with the same predictions (scripts/bench_engine.py, last row)
-        common = dict(mean=mean, std=std, device=self.device, channels_last=True)
-        holdout = dataset.train_images[splits.holdout], dataset.train_labels[splits.holdout]
+        common = dict(mean=mean, std=std, device=self.device, channels_last=True, input_size=input_size,
+                      transforms=transforms, workers=workers)
+        hold = splits.holdout
         if reward_samples is not None and not 0 < reward_samples < len(splits.holdout):
             raise AutopruneError(f"reward_samples must be in (0, {len(splits.holdout)}) (the holdout size), but got {reward_samples}.")
-        self.holdout_loader = DeviceLoader(*holdout, batch_size=batch_size, **common)
+        self.holdout_loader = make_loader(dataset, "train", hold, batch_size=batch_size, **common)
         self.parts = {"all": self.holdout_loader}
         if reward_samples is not None:
-            self.parts["reward"] = DeviceLoader(*(t[:reward_samples] for t in holdout), batch_size=batch_size, **common)
-            self.parts["select"] = DeviceLoader(*(t[reward_samples:] for t in holdout), batch_size=batch_size, **common)
+            self.parts["reward"] = make_loader(dataset, "train", hold[:reward_samples], batch_size=batch_size, **common)
+            self.parts["select"] = make_loader(dataset, "train", hold[reward_samples:], batch_size=batch_size, **common)
             quarter = max(reward_samples // 4, 1)  # multi-fidelity: "screen" then "rest" make up "reward"
-            self.parts["screen"] = DeviceLoader(*(t[:quarter] for t in holdout), batch_size=batch_size, **common)
-            self.parts["rest"] = DeviceLoader(*(t[quarter:reward_samples] for t in holdout), batch_size=batch_size,
-                                              **common)
-        self.test_loader = DeviceLoader(dataset.test_images, dataset.test_labels, batch_size=batch_size, **common)
+            self.parts["screen"] = make_loader(dataset, "train", hold[:quarter], batch_size=batch_size, **common)
+            self.parts["rest"] = make_loader(dataset, "train", hold[quarter:reward_samples], batch_size=batch_size,
+                                             **common)
+        self.test_loader = make_loader(dataset, "test", batch_size=batch_size, **common)
         self.recal_batches = recal_batches
         if recal_batches > 0:
             g = torch.Generator().manual_seed(seed)
             pick = splits.train[torch.randperm(len(splits.train), generator=g)[: recal_batches * recal_batch_size]]
-            self.recal_loader = DeviceLoader(dataset.train_images[pick], dataset.train_labels[pick],
-                                             batch_size=recal_batch_size, **common)
+            self.recal_loader = make_loader(dataset, "train", pick, batch_size=recal_batch_size, **common)
 
     @classmethod
-    def from_data_dir(cls, data_dir: str | os.PathLike[str] | None, arch: str, *, dataset: str = "cifar10",
-                      holdout: int = 5000, seed: int = 0, device: str | None = "auto", **protocol: object) -> Evaluator:
-        """Load ``data_dir``, split off the seeded holdout, and judge models of ``arch`` (its normalisation).
+    def from_data_dir(cls, data_dir: str | os.PathLike[str] | None, arch: str | ModelSpec, *,
+                      dataset: str = "cifar10", holdout: int = 5000, seed: int = 0, device: str | None = "auto",
+                      cache_limit: int | str | None = None, skip_bad_images: bool = False,
+                      resize: int | None = None, input_size: int | None = None, **protocol: object) -> Evaluator:
+        """Load ``data_dir``, split off the seeded holdout, and judge models of ``arch`` (a zoo name or a
+        :class:`~autoprune.models.ModelSpec`: its normalisation; images held in memory must have its input size).
 
-        ``protocol`` takes the remaining constructor arguments (batch sizes, recalibration, reward part).
+        ``input_size`` defaults to ``arch``'s; ``resize`` overrides the evaluation resize of streamed data;
+        ``cache_limit`` and ``skip_bad_images`` go to :func:`~autoprune.data.load_dataset`. ``protocol``
+        takes the remaining constructor arguments (batch sizes, recalibration, reward part, workers).
         """
-        from .models import get_model_info
+        from .models import ModelSpec
 
-        info = get_model_info(arch)
-        data = load_dataset(data_dir, name=dataset)
+        info = (arch if isinstance(arch, ModelSpec) else ModelSpec(arch)).defaults()
+        data = load_dataset(data_dir, name=dataset, cache_limit=cache_limit, skip_bad_images=skip_bad_images)
+        want = tuple(info.input_size[1:]) if info.input_size else None
+        if not info.is_zoo and data.in_memory and resize is None and want and data.image_size != want:
+            shape = (3, *data.image_size)  # the zoo keeps its registered sizes; streamed data is cropped to size
+            raise AutopruneError(f"The images of {data.source} are {','.join(map(str, shape))} (C,H,W), but "
+                                 f"{info.source} takes {','.join(map(str, info.input_size))}: give --input-size "
+                                 f"{','.join(map(str, shape))} if the model accepts it.")
         splits = make_splits(len(data.train_labels), holdout=holdout, seed=seed)
-        return cls(data, splits, mean=info.mean, std=info.std, device=resolve_device(device), seed=seed, **protocol)
+        size = input_size if input_size is not None else info.input_size[-1]
+        transforms = Transforms.for_input(size, data.image_size, resize=resize) if resize is not None else None
+        return cls(data, splits, mean=info.mean, std=info.std, device=resolve_device(device), seed=seed,
+                   input_size=size, transforms=transforms, **protocol)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Move ``model`` to the device, channels-last, in eval mode."""

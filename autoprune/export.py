@@ -39,7 +39,7 @@ from torch import nn
 from ._io import atomic_path, output_error
 from .checkpoints import load_pruned
 from .errors import DependencyNotInstalled, ExportError, OutputError, unknown_name
-from .models import get_model_info
+from .models import ModelSpec
 from .policy import Policy
 
 __all__ = ["FORMATS", "MIN_OPSET", "DEFAULT_RTOL", "ExportResult", "export_model", "export_pruned",
@@ -181,11 +181,13 @@ def export_model(model: nn.Module, example: torch.Tensor, path: str | os.PathLik
 
 
 def export_pruned(checkpoint: str | os.PathLike[str], path: str | os.PathLike[str], format: str | None = None, *,
-                  batch: int = 1, dynamic_batch: bool = False, opset: int | None = None, overwrite: bool = False,
+                  model: ModelSpec | nn.Module | None = None, batch: int = 1, dynamic_batch: bool = False, opset: int | None = None, overwrite: bool = False,
                   rtol: float = DEFAULT_RTOL) -> tuple[ExportResult, Policy]:
     """Export the pruned model in ``checkpoint`` (a model.pt of ``prune``, ``finetune`` or ``save_pruned``).
 
-    The input is the architecture's (``batch`` x its input size, e.g. 3x32x32). Returns the
+    ``model`` is what :func:`~autoprune.checkpoints.load_pruned` needs to rebuild a user's model (its
+    spec or an unpruned module; a zoo model needs nothing). The input is the model's (``batch`` x the
+    input size its policy records, e.g. 3x32x32). Returns the
     :class:`ExportResult` and the model's policy. Arguments and the output are checked before the
     model is loaded, so a bad ``--out`` or a missing package fails at once.
     """
@@ -193,9 +195,12 @@ def export_pruned(checkpoint: str | os.PathLike[str], path: str | os.PathLike[st
     if batch < 1:
         raise ExportError(f"--batch must be at least 1, but got {batch}.")
     format = _check(path, format, opset, rtol, overwrite)
-    model, policy = load_pruned(checkpoint)
-    example = torch.zeros(batch, *get_model_info(policy.arch).input_size)
-    result = export_model(model, example, path, format, dynamic_batch=dynamic_batch, opset=opset,
+    pruned, policy = load_pruned(checkpoint, model=model)
+    size = policy.model_spec.defaults().input_size
+    if size is None:  # a schema-2 policy records it; kept as a clear error should one not
+        raise ExportError(f"{checkpoint}: its policy records no input size to export the model at.")
+    example = torch.zeros(batch, *size)
+    result = export_model(pruned, example, path, format, dynamic_batch=dynamic_batch, opset=opset,
                           overwrite=overwrite, rtol=rtol)
     return result, policy
 

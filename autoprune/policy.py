@@ -1,6 +1,7 @@
 """The Policy: the artefact every part of autoprune exchanges.
 
-A policy says, for one architecture and checkpoint, how many and which
+A policy says, for one model (its spec: a zoo name or a user's factory with its
+arguments, input size and output selector) and checkpoint, how many and which
 channels each searchable group keeps, what that costs, how well it did and
 where it came from. It is plain JSON with a schema version, and it replays on
 the original model: :func:`autoprune.pruning.apply` rebuilds the pruned network
@@ -23,14 +24,15 @@ import numpy as np
 
 from ._io import write_json
 from ._version import __version__
-from .errors import PolicyError
+from .errors import AutopruneError, PolicyError
+from .models import ModelSpec
 
 if TYPE_CHECKING:
     from .pruning import PrunableSpace
 
 __all__ = ["SCHEMA_VERSION", "Policy", "make_policy", "policy_for"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the model spec and each group's channels; 1 (a zoo name only) migrates on load
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Policy:
     """Per-group keep ratios and kept channels of one pruned model, with its provenance.
 
     Attributes:
-        arch: zoo name of the unpruned architecture.
+        arch: the model's source: a zoo name, ``package.module:factory`` or ``file.py:factory`` (see ``model``).
         dataset: the dataset the checkpoint was trained on (e.g. "cifar10").
         num_classes: classifier width.
         checkpoint: sha256 of the checkpoint the channels were chosen on (None: random init).
@@ -52,6 +54,10 @@ class Policy:
         provenance: who made it (agent, seed, autoprune version, time). ``channel_macs``, when present,
             is the cost of ``channels`` alone for a method that removes more (zeroed kernels: ``macs``
             counts what remains).
+        model: the model spec (:class:`~autoprune.models.ModelSpec` as a mapping): factory, arguments, input
+            size, output selector, layers kept; a policy replays only onto a model of the same spec.
+        widths: channels of each searchable group in the unpruned model: a model of another structure is
+            refused by the groups that differ.
     """
 
     arch: str
@@ -69,7 +75,16 @@ class Policy:
     target: dict[str, Any] | None = None
     accuracy: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    widths: dict[str, int] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The spec of the model this policy was made on (a v1 policy's: its zoo name and classes)."""
+        if not self.model:
+            return ModelSpec(self.arch, num_classes=self.num_classes)
+        return ModelSpec.from_dict(self.model, "The policy's 'model'")
 
     @property
     def macs_fraction(self) -> float:
@@ -96,7 +111,10 @@ class Policy:
         if not isinstance(data, dict):
             raise PolicyError(f"{source}: a policy must be a JSON object, but got {type(data).__name__}.")
         schema = data.get("schema")
-        if schema != SCHEMA_VERSION:
+        if schema == 1:  # v1 named a zoo architecture only: its spec is that name and its classes
+            data = {**data, "schema": SCHEMA_VERSION,
+                    "model": {"source": data.get("arch"), "num_classes": data.get("num_classes")}}
+        elif schema != SCHEMA_VERSION:
             raise PolicyError(f"{source}: schema version {schema!r} is not supported (this autoprune reads {SCHEMA_VERSION}).")
         names = set(cls.__dataclass_fields__)
         missing = sorted(n for n, f in cls.__dataclass_fields__.items()
@@ -111,7 +129,14 @@ class Policy:
             raise PolicyError(f"{source}: 'channels' must map group names to lists of ints and 'ratios' to numbers ({e}).") from e
         if set(channels) != set(ratios):
             raise PolicyError(f"{source}: 'ratios' and 'channels' name different groups.")
-        return cls(**{**data, "channels": channels, "ratios": ratios})
+        if not isinstance(data.get("model", {}), dict) or not isinstance(data.get("widths", {}), dict):
+            raise PolicyError(f"{source}: 'model' and 'widths' must be JSON objects.")
+        policy = cls(**{**data, "channels": channels, "ratios": ratios})
+        try:
+            policy.model_spec
+        except AutopruneError as e:
+            raise PolicyError(f"{source}: {e}") from e
+        return policy
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the policy as JSON, atomically."""
@@ -133,6 +158,11 @@ class Policy:
         """Raise :class:`PolicyError` unless this policy fits ``space`` (and ``checkpoint``, if given)."""
         if space.arch != self.arch:
             raise PolicyError(f"Policy is for {self.arch}, but the model is {space.arch}.")
+        mine, theirs = self.model_spec.identity(), space.info.identity()
+        differ = [k for k in mine if mine[k] != theirs[k] and k != "source"]
+        if differ:
+            raise PolicyError(f"Policy is for another {self.arch}: "
+                              + "; ".join(f"{k} {mine[k]!r} in the policy, {theirs[k]!r} here" for k in differ) + ".")
         if space.name != self.space:
             raise PolicyError(f"Policy is for space {self.space!r}, but the model's space is {space.name!r}.")
         if checkpoint is not None and self.checkpoint is not None and checkpoint != self.checkpoint:
@@ -144,6 +174,11 @@ class Policy:
         if set(self.channels) != expected:
             missing, extra = sorted(expected - set(self.channels)), sorted(set(self.channels) - expected)
             raise PolicyError(f"Policy does not match {self.arch}/{self.space}: missing groups {missing}, unknown groups {extra}.")
+        widths = {g.name: g.channels for g in space.searchable}
+        changed = [f"{n} ({w} channels in the policy, {widths[n]} here)" for n, w in self.widths.items()
+                   if n in widths and widths[n] != w]
+        if changed:
+            raise PolicyError(f"Policy does not match the structure of {self.arch}: groups {', '.join(changed)}.")
         space.check(self.channels)
         macs = space.macs([len(self.channels[n]) for n in space.names])
         # a method that removes more than whole channels (zeroed kernels) states fewer MACs, and its channels' own
@@ -174,6 +209,7 @@ def make_policy(
         criterion=criterion, macs=cost.macs, params=cost.params,
         base_macs=space.base.macs, base_params=space.base.params, target=target,
         provenance={"autoprune": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(provenance or {})},
+        model=space.info.to_dict(), widths={g.name: int(g.channels) for g in space.searchable},
     )
 
 
@@ -186,7 +222,7 @@ def policy_for(space: PrunableSpace, kept: Mapping[str, Sequence[int] | np.ndarr
     model, the target is a fraction of the MACs. :func:`make_policy` takes those explicitly.
     """
     counts = np.array([len(kept[n]) for n in space.names])
-    num_classes = space.model.get_submodule(space.info.classifier).out_features
+    num_classes = int(space.info.num_classes)
     return make_policy(space, counts / space.channels, kept, dataset=dataset, num_classes=num_classes,
                        checkpoint=checkpoint, criterion=criterion, target={"metric": "macs", "fraction": target},
                        provenance=provenance)

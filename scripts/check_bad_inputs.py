@@ -1,4 +1,4 @@
-"""Tally how the command line answers the bad inputs of issue 20: clear error, traceback, or wrongly accepted.
+"""Tally how the command line answers the bad inputs of issues 20, 13 and 14: clear error, traceback, or wrongly accepted.
 
     python scripts/check_bad_inputs.py [--code DIR] [--only WORD ...] [--keep]
 
@@ -147,7 +147,43 @@ def make_inputs(root: Path, code: Path, cli: Cli) -> dict[str, Path]:
         if result.code != 0:
             raise SystemExit(f"could not make the inputs (prune {arch}):\n{result.err}")
     paths.update(policy=root / "pruned-resnet20" / "policy.json", policy32=root / "pruned-resnet32" / "policy.json")
+    (root / "user.py").write_text(USER_MODELS)  # issue 13: models outside the zoo, from a factory file
+    paths["user"] = root / "user.py"
     return paths
+
+
+USER_MODELS = """
+import torch
+from torch import nn
+
+
+def net(width=8):
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10))
+
+
+class NumpyOp(nn.Module):
+    def forward(self, x):
+        return torch.from_numpy(x.numpy())
+
+
+def untraceable():
+    model = net()
+    model[2] = NumpyOp()
+    return model
+
+
+def stem_only():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+
+
+def text():
+    return "not a model"
+
+
+NUMBER = 3
+"""
 
 
 @contextmanager
@@ -249,10 +285,118 @@ def cases(t: Path, p: dict[str, Path]) -> list[Case]:
                                            "--out", t / "rc0"]], "refuse", ("recalibrat",)),
         Case("prune --target-flops -0.2", [["prune", "--arch", "resnet20", "--checkpoint", p["r20"], "--target-flops",
                                             "-0.2", "--out", t / "neg"]], "refuse", ("(0, 1)",)),
+        *model_cases(t, p, common),
         Case("search --target-flops 20M (a MAC count, as prune takes)",
              [[*search, "--agent", "uniform", "--target-flops", "20M", "--out", t / "mac"]], "accept"),
     ]
+    out += data_cases(t, p)
     return out
+
+
+def data_cases(t: Path, p: dict[str, Path]) -> list[Case]:
+    """Issue 14: bad image folders, each a copy of the tiny dataset with one thing wrong."""
+    import numpy as np
+    from PIL import Image
+
+    def variant(name: str, change: Callable[[Path], None]) -> Path:
+        folder = t / f"data-{name}"
+        shutil.copytree(p["data"], folder)
+        change(folder)
+        return folder
+
+    def truncate(folder: Path) -> None:
+        bad = folder / "train" / "class4" / "3.png"  # in the middle of the split
+        data = bad.read_bytes()
+        bad.write_bytes(data[: len(data) * 3 // 5])
+
+    def mixed(sizes: tuple[int, int]) -> Callable[[Path], None]:
+        def change(folder: Path) -> None:
+            rng = np.random.default_rng(1)
+            for i, f in enumerate(sorted(folder.glob("*/*/*.png"))):
+                w, h = (int(v) for v in rng.integers(*sizes, 2))
+                Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(f)
+        return change
+
+    def keep_classes(n: int) -> Callable[[Path], None]:
+        def change(folder: Path) -> None:
+            for c in range(n, 10):
+                for split in ("train", "test"):
+                    shutil.rmtree(folder / split / f"class{c}")
+        return change
+
+    def no_images(folder: Path) -> None:
+        for f in folder.glob("*/*/*.png"):
+            f.with_suffix(".txt").write_text("not an image")
+            f.unlink()
+
+    truncated = variant("truncated", truncate)
+    cases_ = []
+    for name, folder, says in (
+        ("a truncated image in the middle of a split", truncated, ("class4/3.png", "--skip-bad-images")),
+        ("train and test with different class folders",
+         variant("classes", lambda f: (f / "test" / "class3").rename(f / "test" / "cat")),
+         ("only in train: ['class3']", "only in test: ['cat']")),
+        ("an empty class folder", variant("empty", lambda f: [x.unlink() for x in (f / "train" / "class2").iterdir()]),
+         ("class2 holds no images",)),
+        ("a folder with no images", variant("noimg", no_images), ("holds no images",)),
+        ("a dataset of 3 classes for a 10-class model", variant("three", keep_classes(3)), ("10 outputs", "3 classes")),
+        ("images too small for the model's crop", variant("tiny", mixed((6, 12))), ("too small", "32x32")),
+    ):
+        cases_.append(Case(f"eval on {name}", [["eval", "--arch", "resnet20", "--checkpoint", p["r20"],
+                                                "--data-dir", folder, "--holdout", "20", "--device", "cpu"]],
+                           "refuse", says))
+    cases_ += [
+        Case("eval on a truncated image with --skip-bad-images", [["eval", "--arch", "resnet20", "--checkpoint",
+             p["r20"], "--data-dir", truncated, "--holdout", "20", "--device", "cpu", "--skip-bad-images"]], "accept",
+             ("Skipped 1 unreadable image",)),
+        Case("eval on images of mixed sizes (streamed)", [["eval", "--arch", "resnet20", "--checkpoint", p["r20"],
+             "--data-dir", variant("mixed", mixed((30, 60))), "--holdout", "20", "--device", "cpu",
+             "--data-workers", "0"]], "accept", ("holdout",)),
+        Case("data --data-dir on a truncated image (with --verify)", [["data", "--data-dir", truncated, "--verify"]],
+             "accept", ("decode errors: 1 found", "class4/3.png")),
+        Case("search --cache-limit lots", [["search", "--arch", "resnet20", "--checkpoint", p["r20"], "--data-dir",
+             p["data"], "--cache-limit", "lots", "--agent", "uniform", "--target-flops", "0.5", "--out", t / "cl"]],
+             "refuse", ("--cache-limit must be a size like 4G",)),
+    ]
+    return cases_
+
+
+def model_cases(t: Path, p: dict[str, Path], common: list[object]) -> list[Case]:
+    """Issue 13: a model given as a factory; each refusal must leave --out unwritten."""
+    user = f"{p['user']}:net"
+
+    def pruning(name: str, *model: object, says: tuple[str, ...]) -> Case:
+        out = t / f"model-{len(name)}-{abs(hash(name)) % 10**6}"
+        # the case's own options come last, so that they override these defaults
+        return Case(f"prune --model: {name}", [["prune", "--input-size", "3,32,32", "--checkpoint", "none", *model,
+                                                 "--target-flops", "0.5", "--out", out]], "refuse", says,
+                    lambda: f"left behind: {out.name}" if out.exists() else "")
+
+    return [
+        pruning("a factory file that does not import", "--model", f"{t}/nowhere.py:net", says=("does not exist",)),
+        pruning("a module that does not import", "--model", "no_such_pkg_13.models:net", says=("cannot import",)),
+        pruning("a factory that is not callable", "--model", f"{p['user']}:NUMBER", says=("not a callable",)),
+        pruning("a factory returning no nn.Module", "--model", f"{p['user']}:text", says=("not a torch.nn.Module",)),
+        pruning("--model-arg the factory rejects", "--model", user, "--model-arg", "depth=3",
+                says=("rejects the arguments",)),
+        pruning("checkpoint keys that do not match", "--model", user, "--checkpoint", p["r20"],
+                says=("missing keys",)),
+        pruning("an input size the model rejects", "--model", user, "--input-size", "1,32,32",
+                says=("rejects input size 1,32,32",)),
+        pruning("an --output that selects nothing", "--model", user, "--output", "scores", says=("selects nothing",)),
+        pruning("an --ignore that matches no module", "--model", user, "--ignore", "layer9*",
+                says=("matches no module",)),
+        pruning("a model with no prunable group", "--model", f"{p['user']}:stem_only", says=("no prunable group",)),
+        pruning("a model that cannot be traced", "--model", f"{p['user']}:untraceable",
+                says=("cannot be traced", "--ignore '2'")),
+        Case("eval --policy of resnet20 onto a user model", [["eval", "--model", user, "--input-size", "3,32,32",
+                                                              "--checkpoint", "none", "--policy", p["policy"],
+                                                              *common]], "refuse", ("another model",)),
+        Case("a user model's pruned file without its --model", [
+            ["prune", "--model", user, "--input-size", "3,32,32", "--checkpoint", "none", "--target-flops", "0.5",
+             "--out", t / "user-pruned"],
+            ["eval", "--checkpoint", t / "user-pruned" / "model.pt", *common]], "refuse", ("--model",)),
+    ]
 
 
 def main() -> None:

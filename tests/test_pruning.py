@@ -150,7 +150,8 @@ def test_unknown_names_suggest_fixes():
     with pytest.raises(UnknownNameError, match="Did you mean 'full'"):
         from autoprune.pruning import PrunableSpace
         PrunableSpace(space.model, "resnet20", "ful")
-    assert set(CRITERIA) == {"l1", "l2", "bn-gamma", "random", "taylor", "reconstruction"}
+    assert set(CRITERIA) == {"l1", "l2", "bn-gamma", "group-l1", "group-l2", "group-bn-gamma", "random", "taylor",
+                             "reconstruction"}
 
 
 def test_bad_kept_indices_are_refused():

@@ -32,7 +32,7 @@ from test_amc_ddpg import T, ToyPruneEnv
 
 from autoprune import _rng
 from autoprune.checkpoints import load_model, load_pruned
-from autoprune.errors import AutopruneError, CheckpointError, PolicyError
+from autoprune.errors import AutopruneError, CheckpointError, OutputError, PolicyError
 from autoprune.policy import Policy
 from autoprune.search import export_policy, resume_config, search
 from autoprune.search._agent_files import read_agent, restore_agent, save_agent
@@ -174,6 +174,15 @@ def test_latest_holding_garbage(run, marker):
     plant(run / "checkpoints" / "latest", marker)
     with pytest.raises(CheckpointError, match=r"latest is damaged: it should name a checkpoint folder"):
         resume(run)
+
+
+def test_an_export_never_replaces_the_search_pick_unless_asked(run):
+    pick = (run / "policy-0.5.json").read_bytes()
+    with pytest.raises(OutputError, match="policy-0.5.json exists .* --out FILE, or replace it with --overwrite"):
+        export_policy(run, 0.5)
+    assert (run / "policy-0.5.json").read_bytes() == pick
+    exported = export_policy(run, 0.5, overwrite=True)
+    assert "test" not in exported.accuracy and (run / "policy-0.5.json").read_bytes() != pick
 
 
 def test_unfinished_newer_checkpoints_are_removed_on_resume_only(run, rl_run):

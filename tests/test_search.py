@@ -68,8 +68,13 @@ def test_resume_ends_as_an_uninterrupted_run(tiny, tmp_path, monkeypatch, agent)
         interrupt_after_first_checkpoint(m)
         with pytest.raises(KeyboardInterrupt):
             search(config(tiny, agent, **preset), tmp_path / "resumed")
+    marker = tmp_path / "resumed" / "autoprune-run.json"
+    created = "2031-04-02T08:00:00+00:00"  # as if the run had been created long before this resume
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "created": created}))
     search(config(tiny, agent, **preset), tmp_path / "resumed", resume=True)
     assert rows(tmp_path / "straight") == rows(tmp_path / "resumed")
+    # the report's wall time counts from the run's creation, not from the resumed process's start
+    assert json.loads((tmp_path / "resumed" / "result.json").read_text())["started"] == created
     for name in sorted(p.name for p in (tmp_path / "straight").glob("policy*.json")):
         a = json.loads((tmp_path / "straight" / name).read_text())
         b = json.loads((tmp_path / "resumed" / name).read_text())

@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import DeviceLoader
+from ..data import DeviceLoader, StreamLoader, make_loader
 from ..evaluate import Evaluator
-from ..models import get_model_info
 from ..pruning import PrunableSpace, channel_scores, taylor_gradients
 
 __all__ = ["Context", "Outcome", "criterion_scores", "train_loader"]
@@ -87,18 +86,18 @@ class Outcome:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def train_loader(context: Context, batch_size: int = 128, *, seed: int | None = None) -> DeviceLoader:
+def train_loader(context: Context, batch_size: int = 128, *, seed: int | None = None) -> DeviceLoader | StreamLoader:
     """Shuffled, augmented batches of the training split (never the holdout) on the context's device.
 
     The last incomplete batch is dropped (BatchNorm's statistics of a batch of 2 are noise) unless
     the split is smaller than one batch, as in the tests' tiny datasets.
     """
-    data, info = context.evaluator.dataset, get_model_info(context.space.arch)
-    pick = context.evaluator.splits.train
-    return DeviceLoader(data.train_images[pick], data.train_labels[pick], batch_size=batch_size, mean=info.mean,
-                        std=info.std, device=context.device, shuffle=True, augment=True,
-                        drop_last=len(pick) > batch_size, seed=context.seed if seed is None else seed,
-                        channels_last=context.device.type == "cuda")
+    evaluator, info = context.evaluator, context.space.info  # the model spec: its normalisation
+    pick = evaluator.splits.train
+    return make_loader(evaluator.dataset, "train", pick, batch_size=batch_size, mean=info.mean, std=info.std,
+                       device=context.device, shuffle=True, augment=True, drop_last=len(pick) > batch_size,
+                       seed=context.seed if seed is None else seed, channels_last=context.device.type == "cuda",
+                       input_size=evaluator.input_size, transforms=evaluator.transforms, workers=evaluator.workers)
 
 
 def criterion_scores(context: Context, model: nn.Module | None = None, *, batches: int = 10) -> dict[str, np.ndarray]:

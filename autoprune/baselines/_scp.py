@@ -206,7 +206,7 @@ def removal(space: PrunableSpace, probs: dict[str, np.ndarray], threshold: float
     """SCP's final removal: counts, kept channels and what was done (see "Removal" in the module docstring)."""
     n = len(space.searchable)
     floor, ceil = space.counts(np.full(n, space.spec.bounds[0])), space.counts(np.full(n, space.spec.bounds[1]))
-    step = np.minimum(space.spec.round, space.channels)
+    step = space.steps
     above = np.array([int((probs[g.name] >= threshold).sum()) for g in space.searchable])
     counts = np.clip(np.ceil(above / step) * step, floor, ceil).astype(np.int64)
     info: dict[str, Any] = {"threshold": threshold, "below_threshold": int(space.channels.sum() - above.sum()),

@@ -144,7 +144,7 @@ def threshold_counts(space: PrunableSpace, fraction: float, scores: dict[str, np
     check_target(space, fraction)
     groups = space.searchable
     n = len(groups)
-    step = np.minimum(space.spec.round, space.channels)
+    step = space.steps
     floor, ceil = _limits(space, bounded)
     flat = np.concatenate([np.asarray(scores[g.name], dtype=np.float64) for g in groups])
     order = np.argsort(-flat, kind="stable")  # ties: earlier groups, then lower channels, as top_k

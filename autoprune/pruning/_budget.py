@@ -105,7 +105,7 @@ def global_counts(space: PrunableSpace, fraction: float, scores: Mapping[str, np
         flat = [np.asarray(scores[g.name], dtype=np.float64) for g in space.searchable]
     owner = np.repeat(np.arange(n), space.channels)
     ranking = owner[np.argsort(-np.concatenate(flat), kind="stable")]  # ties: earlier groups first
-    step = np.minimum(space.spec.round, space.channels)
+    step = space.steps
 
     def counts_at(i: int) -> np.ndarray:
         kept = np.bincount(ranking[:i], minlength=n)

@@ -5,7 +5,10 @@ counts ``k`` (a group removes the same number of channels from each member for
 every root channel it drops). So MACs and params are a quadratic form in ``k``,
 built once per model from the discovered groups and evaluated with two small
 matrix-vector products: microseconds per query, exact against a traced count.
-Counted: convolutions and linear layers (MACs); all parameters (params).
+Counted: convolutions (grouped and depthwise too) and linear layers, a Linear
+once per position it is applied at (channels-last MLPs), as
+``torch.utils.flop_counter.FlopCounterMode`` counts them (MACs); all
+parameters, bare ``nn.Parameter`` s pruned with their channels included (params).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from ._discover import Group
+from ._discover import Group, ParameterPruning
 
 __all__ = ["Cost", "CostModel"]
 
@@ -49,28 +52,33 @@ class CostModel:
         p_pair: list[float] = []  # params per (in x out) pair
         p_out: list[float] = []  # params per output channel (bias, BN affine, depthwise kernels)
         fixed_params = 0
+        pruned_params = {m.module: m.fn.dim for g in self.groups for m in g.members if isinstance(m.fn, ParameterPruning)}
+        named_params = dict(model.named_parameters())
+        owned_by: dict[str, int] = {}  # numel of pruned bare parameters, by the module holding them
+        for p in pruned_params:
+            owned_by[p.rpartition(".")[0]] = owned_by.get(p.rpartition(".")[0], 0) + named_params[p].numel()
         for name, module in model.named_modules():
             own = sum(p.numel() for p in module.parameters(recurse=False))
             if isinstance(module, nn.Conv2d):
                 kk = module.kernel_size[0] * module.kernel_size[1]
                 hw = int(np.prod(shapes[name][1:]))
                 bias = 1.0 if module.bias is not None else 0.0
-                if module.groups == 1:
-                    terms = (kk * hw, 0.0, kk, bias)
-                elif module.groups == module.in_channels == module.out_channels:
+                if module.groups == module.in_channels == module.out_channels and module.groups > 1:
                     terms = (0.0, kk * hw, 0.0, kk + bias)
-                else:
-                    raise NotImplementedError(f"{name}: grouped convolutions other than depthwise are not supported")
+                else:  # a grouped conv: each output sees in_channels / groups inputs
+                    terms = (kk * hw / module.groups, 0.0, kk / module.groups, bias)
                 cin, cout = module.in_channels, module.out_channels
             elif isinstance(module, nn.Linear):
                 bias = 1.0 if module.bias is not None else 0.0
-                terms = (1.0, 0.0, 1.0, bias)
+                positions = int(np.prod(shapes[name][:-1]))  # 1 after flatten, H*W when applied channels-last
+                terms = (float(positions), 0.0, 1.0, bias)
                 cin, cout = module.in_features, module.out_features
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                terms = (0.0, 0.0, 0.0, 2.0 if module.affine else 0.0)
-                cin = cout = module.num_features
+            elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
+                width = _norm_width(module)
+                terms = (0.0, 0.0, 0.0, own / width)
+                cin = cout = width
             else:
-                fixed_params += own
+                fixed_params += own - owned_by.get(name, 0)
                 continue
             rows.append(name)
             in_full.append(cin)
@@ -80,8 +88,19 @@ class CostModel:
             p_pair.append(terms[2])
             p_out.append(terms[3])
 
+        for name, dim in pruned_params.items():  # layer scale and the like: params per channel, no MACs
+            p = named_params[name]
+            rows.append(name)
+            in_full.append(p.shape[dim])
+            out_full.append(p.shape[dim])
+            w_dense.append(0.0)
+            w_depthwise.append(0.0)
+            p_pair.append(0.0)
+            p_out.append(p.numel() / p.shape[dim])
+
         row = {n: i for i, n in enumerate(rows)}
-        depthwise = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1}
+        depthwise = {n for n, m in model.named_modules()
+                     if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels}
         a_in = np.zeros((len(rows), len(self.groups)))
         a_out = np.zeros_like(a_in)
         for j, group in enumerate(self.groups):
@@ -116,3 +135,12 @@ class CostModel:
         k = np.asarray(kept, dtype=np.float64)
         cout = self._out0 + self._a_out @ k
         return int(round(self._w_dense @ ((self._in0 + self._a_in @ k) * cout) + self._w_dw @ cout))
+
+
+def _norm_width(module: nn.Module) -> int:
+    """Channels of a normalisation layer (its parameters are per channel; a LayerNorm's over its last dimension)."""
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels
+    if isinstance(module, nn.LayerNorm):
+        return module.normalized_shape[-1]
+    return module.num_features

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import unknown_name
+from ..models import ModelSpec
 from ..policy import Policy, policy_for
 from ._budget import ALLOCATIONS, check_target, counts_for_target, parse_target
 from ._space import space_for
@@ -18,7 +19,7 @@ __all__ = ["apply", "prune"]
 
 def prune(
     model: nn.Module,
-    arch: str,
+    arch: ModelSpec | str,
     target: str | float,
     *,
     method: str = "uniform",
@@ -33,6 +34,7 @@ def prune(
 
     ``uniform`` keeps one ratio everywhere; ``global`` thresholds all channels
     on ``criterion``. Channels within each group are chosen by ``criterion``.
+    ``arch`` is the model's spec (a :class:`~autoprune.models.ModelSpec` or a zoo name).
     Returns the policy and the physically pruned copy (``model`` is untouched).
     """
     if method not in ALLOCATIONS:
@@ -53,6 +55,6 @@ def apply(model: nn.Module, policy: Policy) -> nn.Module:
     The dependency structure of ``model`` is traced on first use and cached
     with it, so applying many policies to the same model costs no tracing.
     """
-    space = space_for(model, policy.arch, policy.space)
+    space = space_for(model, policy.model_spec, policy.space)
     policy.validate(space)
     return space.apply(policy.channels)

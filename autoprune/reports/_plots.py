@@ -43,12 +43,18 @@ def draw_ratios(view: RunView) -> Any:
     """
     if not view.policies:
         return None
-    from ..models import create
+    from ..models import ModelSpec, create, replay_spec
     from ..pruning import space_for, uniform_counts
 
-    plt = _pyplot()
     first = next(iter(view.policies.values()))
-    space = space_for(create(first.arch, num_classes=first.num_classes).eval(), first.arch, first.space)
+    spec = first.model_spec
+    if not spec.is_zoo:  # a user's model is rebuilt only as the run's own command named it (as --resume does)
+        named = view.config.get("model")
+        if not named or spec.kind == "object":
+            return None
+        spec = replay_spec(spec, ModelSpec.from_dict(named), what=f"The policies of {view.path}")
+    plt = _pyplot()
+    space = space_for(create(spec).eval(), spec, first.space)
     channels = space.channels
     targets = sorted(view.policies)
     height = 2.6 * len(targets) + 0.3  # 0.3 inch for the legend strip on top

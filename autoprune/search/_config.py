@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AutopruneError
+from ..models import ModelSpec
 from ..policy import Policy
 
 __all__ = ["SearchConfig", "SearchResult"]
@@ -14,7 +15,12 @@ __all__ = ["SearchConfig", "SearchResult"]
 
 @dataclass
 class SearchConfig:
-    """Everything a search run depends on (saved as the run's config.yaml)."""
+    """Everything a search run depends on (saved as the run's config.yaml).
+
+    ``arch`` names the model (a zoo name, or a user spec's source); ``model``, when given, is its full
+    :class:`~autoprune.models.ModelSpec` as a plain mapping, so that ``--resume`` rebuilds the same model
+    (for a user's factory, by importing the factory the original command named).
+    """
 
     arch: str
     data_dir: str
@@ -41,8 +47,19 @@ class SearchConfig:
     ray_address: str | None = None  # None: a local Ray
     warm_start: list[str] = field(default_factory=list)  # Optuna: policy files to try first
     preset: dict[str, Any] = field(default_factory=dict)  # filled in: the resolved preset
+    cache_limit: str | None = None  # data: see autoprune.data.load_dataset; None: a quarter of the memory
+    skip_bad_images: bool = False
+    data_workers: int | None = None  # decoding processes of streamed data; None: the CPUs, at most 8
+    resize: int | None = None  # evaluation resize of streamed data; None: input size / 0.875
+    model: dict[str, Any] | None = None  # the model spec; None: the zoo model ``arch``
 
     def __post_init__(self) -> None:
+        if isinstance(self.model, ModelSpec):
+            self.model = self.model.to_dict()
+        if self.model is not None and not self.arch:
+            self.arch = str(self.model.get("source", ""))
+        if self.model_spec.source != self.arch:
+            raise AutopruneError(f"arch {self.arch!r} and the model spec's source {self.model_spec.source!r} differ.")
         if self.episodes is not None and self.episodes < 1:
             raise AutopruneError(f"--episodes must be at least 1, but got {self.episodes}.")
         if self.top_k < 1:
@@ -53,6 +70,12 @@ class SearchConfig:
             raise AutopruneError(f"--recal-batches must be at least 1 for a search, but got {self.recal_batches}: "
                                  "the rewards would be meaningless, since BatchNorm statistics would not be "
                                  "recalibrated after pruning and every pruned model scores near chance.")
+
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The model searched: ``model`` as a spec, else the zoo model ``arch``."""
+        return ModelSpec.from_dict(self.model, "The run's model") if self.model else ModelSpec(self.arch)
 
 
 @dataclass

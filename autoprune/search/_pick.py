@@ -33,7 +33,7 @@ def pick(config: SearchConfig, run: SearchRunDir, env: PruningEnv, proposals: Pr
          started: str | None = None) -> SearchResult:
     """The final policy per target from ``proposals``: saved, tabled beside uniform-L1, summed up in result.json.
 
-    ``started`` (ISO 8601) is when this process's search began; result.json records it and the end.
+    ``started`` (ISO 8601) is when the run was created (kept across --resume); result.json records it and the end.
     """
     targets = [float(t) for t in env.config.targets]
     missing = [t for t in targets if t not in proposals.answers and not proposals.pools.get(t)]

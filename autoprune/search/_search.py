@@ -15,10 +15,14 @@ import sys
 from datetime import datetime, timezone
 from dataclasses import asdict
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
+from torch import nn
+
 from .._io import reading
-from ..errors import AutopruneError
+from ..errors import AutopruneError, OutputError
+from ..models import ModelSpec, replay_spec
 from ..policy import Policy
 from ._config import SearchConfig, SearchResult
 from ._pick import pick
@@ -28,7 +32,7 @@ from ._run_dir import SearchRunDir
 from ._searcher import Searcher
 from ._session import resolve_preset, setup
 
-__all__ = ["export_policy", "resume_config", "search", "searcher_for"]
+__all__ = ["export_policy", "resume_config", "search", "search_model", "searcher_for"]
 
 
 def searcher_for(config: SearchConfig, preset: Preset) -> Searcher:
@@ -37,13 +41,14 @@ def searcher_for(config: SearchConfig, preset: Preset) -> Searcher:
 
 
 def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False,
-           cli_options: dict[str, Any] | None = None) -> SearchResult:
+           cli_options: dict[str, Any] | None = None, model: nn.Module | None = None) -> SearchResult:
     """Run (or resume) a search into ``out`` and return the final policies per target.
 
     ``out`` is claimed before the model and data load (:class:`~autoprune._run_dir.RunDir`: a user's
     folder or another command's run is refused); a search that fails before its first episode removes
     what it wrote, so the corrected command starts afresh instead of being told to resume the bad one.
     ``cli_options`` are command-line settings outside ``config`` (``{"report": False}``) kept for ``--resume``.
+    ``model`` is the module object of a config whose spec came from ``ModelSpec.of`` (see :func:`search_model`).
     """
     if resume:
         run = SearchRunDir.open(out)
@@ -51,7 +56,7 @@ def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = 
     else:
         SearchRunDir.check(out, overwrite=overwrite)
     _say(f"loading {config.arch} ({config.checkpoint}), decoding {config.data_dir}, tracing the model's groups")
-    preset, env, _, _ = setup(config)
+    preset, env, _, _ = setup(config, model)
     config.preset = preset.to_dict()
     if not resume:
         run = SearchRunDir.create(out, asdict(config), overwrite=overwrite, cli_options=cli_options)
@@ -64,11 +69,36 @@ def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = 
     _say(plan)
     run.log(plan)
     with run.cleanup_unless_started():
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")  # the report's wall time
+        # the report's wall time: from the run's creation, which a resumed run keeps
+        started = run.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
         proposals = searcher_for(config, preset).search(env, run, resume)
         run.log("time split (s): " + ", ".join(f"{k} {v:.1f}" for k, v in proposals.seconds.items())
                 + f"; evaluations {proposals.evaluations}")
         return pick(config, run, env, proposals, started=started)
+
+
+def search_model(model: nn.Module, data_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                 input_size: Sequence[int], targets: Sequence[float] = (0.5,), agent: str = "tpe",
+                 episodes: int | None = None, output: str | int | None = None, ignore: Sequence[str] = (),
+                 resume: bool = False, overwrite: bool = False, **settings: Any) -> SearchResult:
+    """Search a module object you built (and trained) in Python, on the image folder ``data_dir``.
+
+    One call: the model enters as :meth:`ModelSpec.of` (``input_size`` C,H,W; ``output`` picks the
+    logits of a tuple/dict output; ``ignore`` keeps layers whole), its weights are searched as they are
+    (hashed as the policy's checkpoint), and ``settings`` are further :class:`SearchConfig` fields
+    (``holdout``, ``reward_samples``, ``recal_batches``, ``device``, ``seed``...). ``resume`` continues
+    ``out`` with the same module. Returns the :class:`SearchResult`; ``result.policies[t]`` replays with
+    ``autoprune.pruning.apply(model, policy)``.
+    """
+    spec = ModelSpec.of(model, input_size, output=output, ignore=tuple(ignore))
+    if resume:
+        config = resume_config(out)
+        if config.model_spec.identity() != spec.identity():
+            raise AutopruneError(f"{out} searched another model ({config.model_spec.describe()}).")
+    else:
+        config = SearchConfig(arch=spec.source, model=spec.to_dict(), data_dir=str(data_dir), agent=agent,
+                              checkpoint="none", targets=[float(t) for t in targets], episodes=episodes, **settings)
+    return search(config, out, resume=resume, overwrite=overwrite, model=model)
 
 
 def _say(message: str) -> None:
@@ -76,10 +106,15 @@ def _say(message: str) -> None:
     print(f"autoprune search: {message}", file=sys.stderr, flush=True)
 
 
-def resume_config(run_dir: str | os.PathLike[str], arch: str | None = None, space: str | None = None) -> SearchConfig:
-    """The configuration of the run in ``run_dir``; refuses an ``arch``/``space`` that differs from it."""
+def resume_config(run_dir: str | os.PathLike[str], arch: str | None = None, space: str | None = None,
+                  model: ModelSpec | None = None) -> SearchConfig:
+    """The configuration of the run in ``run_dir``; refuses an ``arch``/``space``/``model`` that differs from it."""
     run = SearchRunDir.open(run_dir, writing=False)
     saved = run.read_config()
+    if model is not None:
+        recorded = ModelSpec.from_dict(saved["model"]) if saved.get("model") else ModelSpec(str(saved.get("arch")))
+        replay_spec(recorded, model, what=f"{run_dir}")
+        arch = None
     for key, given in (("arch", arch), ("space", space)):
         if given is not None and given != saved.get(key):
             raise AutopruneError(f"{run_dir} is a run for {key} {saved.get(key)!r}, not {given!r}; "
@@ -90,16 +125,25 @@ def resume_config(run_dir: str | os.PathLike[str], arch: str | None = None, spac
     return config
 
 
-def export_policy(run_dir: str | os.PathLike[str], target: float, out: str | os.PathLike[str] | None = None) -> Policy:
+def export_policy(run_dir: str | os.PathLike[str], target: float, out: str | os.PathLike[str] | None = None, *,
+                  model: nn.Module | None = None, overwrite: bool = False) -> Policy:
     """A policy for ``target`` from the trained agent of a run, without searching again.
 
-    Meant for conditional agents: ``target`` must lie inside the range they were trained on.
+    Meant for conditional agents: ``target`` must lie inside the range they were trained on. The model
+    is rebuilt from the run's config (a user's factory: the one the search command named), or is
+    ``model``, the module object a :func:`search_model` run searched. An existing file is kept unless
+    ``overwrite``: the default ``RUN/policy-<target>.json`` of a searched target is the search's own pick,
+    measured on test, which a holdout-only export must not replace by accident.
     """
     config = resume_config(run_dir)
-    preset, env, evaluator, space = setup(config)
+    out = Path(out) if out is not None else Path(run_dir) / f"policy-{target:g}.json"
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out} exists (for a searched target it is the search's pick); write the export "
+                          "elsewhere with --out FILE, or replace it with --overwrite.")
+    preset, env, evaluator, space = setup(config, model)
     counts = searcher_for(config, preset).export(env, SearchRunDir(Path(run_dir)), target)
     policy = env.policy(counts, target, provenance={"agent": config.agent, "exported_from": str(run_dir)})
     model = evaluator.judge(space, policy.channels)
     policy.accuracy["holdout"] = evaluator.holdout(model).top1
-    policy.save(out or Path(run_dir) / f"policy-{target:g}.json")
+    policy.save(out)
     return policy

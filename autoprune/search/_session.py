@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from torch import nn
+
 from ..checkpoints import load_model
 from ..env import EnvConfig, PruningEnv
 from ..errors import AutopruneError
-from ..evaluate import Evaluator
+from ..evaluate import Evaluator, check_classes
+from ..models import state_sha256
 from ..pruning import PrunableSpace, space_for
 from ._config import SearchConfig
 from ._preset import Preset, load_preset
@@ -32,18 +35,35 @@ def resolve_preset(config: SearchConfig) -> Preset:
     return preset
 
 
-def setup(config: SearchConfig) -> tuple[Preset, PruningEnv, Evaluator, PrunableSpace]:
-    """The preset, environment, evaluator and prunable space a run of ``config`` uses."""
+def setup(config: SearchConfig, model: nn.Module | None = None) -> tuple[Preset, PruningEnv, Evaluator, PrunableSpace]:
+    """The preset, environment, evaluator and prunable space a run of ``config`` uses.
+
+    ``model``: the module object of a spec made by ``ModelSpec.of`` (searched as it is, its weights
+    hashed as the checkpoint); otherwise the model is built from ``config``'s spec.
+    """
     preset = resolve_preset(config)
     kind = preset.spec.kind
     if (config.workers > 1 or config.ray) and not kind.parallel:
         raise AutopruneError(f"--workers and --ray run Optuna agents in parallel; {preset.name!r} is not one "
                              f"({preset.algorithm}: {kind.description}).")
-    model, sha = load_model(config.arch, config.checkpoint)
-    evaluator = Evaluator.from_data_dir(config.data_dir, config.arch, dataset=config.dataset, holdout=config.holdout,
+    spec = config.model_spec
+    if model is not None:
+        if config.workers > 1 or config.ray:
+            raise AutopruneError("A module object cannot be searched by worker processes or Ray trials (they "
+                                 "rebuild the model): give it as a factory (ModelSpec('my_models.py:net')) instead.")
+        sha = state_sha256(model)
+        model.eval()
+    elif spec.kind == "object":
+        raise AutopruneError(f"The run searched a module object ({spec.source}): pass the module again (model=).")
+    else:
+        model, sha = load_model(spec, config.checkpoint)
+    evaluator = Evaluator.from_data_dir(config.data_dir, spec, dataset=config.dataset, holdout=config.holdout,
                                         seed=config.seed, device=config.device, recal_batches=config.recal_batches,
-                                        recal_batch_size=config.recal_batch_size, reward_samples=config.reward_samples)
-    space = space_for(model, config.arch, config.space)
+                                        recal_batch_size=config.recal_batch_size, reward_samples=config.reward_samples,
+                                        cache_limit=config.cache_limit, skip_bad_images=config.skip_bad_images,
+                                        resize=config.resize, workers=config.data_workers)
+    space = space_for(model, spec, config.space)
+    check_classes(model, space.info.classifier, evaluator.dataset)
     # a method that selects its own channels: the env only prices its answers and gives the uniform-L1 reference
     criterion = "l1" if kind.selects_channels else preset.criterion
     env = PruningEnv(space, evaluator, EnvConfig(targets=preset.targets, reward=preset.reward, criterion=criterion),

@@ -9,7 +9,7 @@ from typing import Any
 
 from .._device import resolve_device
 from ..errors import AutopruneError, unknown_name
-from ..models import get_model_info
+from ..models import ModelSpec, replay_spec
 from ..policy import Policy
 from ._recipe import MODES, Recipe, load_recipe, scratch_epochs
 
@@ -59,6 +59,9 @@ class TrainConfig:
         dataset, holdout, seed, device: as for the evaluator; ``seed`` also fixes the
             initialisation and every epoch's data order.
         eval_batch_size: batch size of the holdout and test evaluations.
+        cache_limit, skip_bad_images, data_workers, resize: how the data is loaded (``autoprune data``).
+        model: the model spec as a mapping (None: the zoo model ``arch``); ``--resume`` rebuilds it, for a
+            user's factory by importing the factory the original command named.
     """
 
     mode: str
@@ -76,6 +79,15 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = 500
+    cache_limit: str | None = None  # data: see autoprune.data.load_dataset; None: a quarter of the memory
+    skip_bad_images: bool = False
+    data_workers: int | None = None  # decoding processes of streamed data; None: the CPUs, at most 8
+    resize: int | None = None  # evaluation resize of streamed data; None: input size / 0.875
+    model: dict[str, Any] | None = None
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec.from_dict(self.model, "The run's model") if self.model else ModelSpec(str(self.arch))
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -96,8 +108,8 @@ class TrainConfig:
         if self.mode == "scratch" and self.policy is not None and self.scratch not in ("E", "B"):
             raise unknown_name("scratch mode", str(self.scratch), ["E", "B"])
         if self.arch is None:
-            raise AutopruneError("--arch is required (see `autoprune models`).")
-        get_model_info(self.arch)
+            raise AutopruneError("--arch or --model is required (see `autoprune models`).")
+        self.model_spec  # an unknown zoo name or a malformed spec fails here
         if self.policy is None and self.kd is not None and self.kd.teacher is None:
             raise AutopruneError("Distillation while training an unpruned model needs a teacher: pass --kd-teacher.")
         for name, low in (("holdout", 1), ("eval_batch_size", 1)):  # the holdout judges every epoch
@@ -126,20 +138,29 @@ def _absolute(path: str | os.PathLike[str] | None) -> str | None:
 def make_config(mode: str, data_dir: str | os.PathLike[str], *, policy: str | os.PathLike[str] | None = None,
                 arch: str | None = None, checkpoint: str | os.PathLike[str] = "pretrained", scratch: str | None = None,
                 preset: str = "auto", device: str = "auto", kd: Distillation | None = None,
-                recipe: dict[str, Any] | None = None, **settings: Any) -> TrainConfig:
+                recipe: dict[str, Any] | None = None, model: ModelSpec | dict[str, Any] | None = None, **settings: Any) -> TrainConfig:
     """Build a :class:`TrainConfig`: resolve the preset for the device, scale Scratch-B's epochs, absolute paths.
 
     ``preset="auto"`` picks ``cifar`` when ``device`` resolves to CUDA here, else
     ``cpu``; a caller that trains elsewhere (a Ray trial) resolves it first.
 
     ``recipe`` overrides preset values (None values are ignored); ``settings``
-    are the remaining :class:`TrainConfig` fields (dataset, holdout, seed, ...).
+    are the remaining :class:`TrainConfig` fields (dataset, holdout, seed, ...). ``model`` is the spec the
+    user gave (``--model``): a policy of a user's model needs it (see :func:`~autoprune.models.replay_spec`).
     With ``scratch="B"`` the (preset or given) epochs are the base model's and
     are scaled by :func:`scratch_epochs`.
     """
+    if isinstance(model, dict):  # as a sweep's cell carries it
+        model = ModelSpec.from_dict(model)
     loaded = Policy.load(policy) if policy is not None else None
     if loaded is not None and arch is not None and arch != loaded.arch:
         raise AutopruneError(f"--arch {arch} contradicts the policy, which is for {loaded.arch}; drop --arch.")
+    if loaded is not None:
+        spec = replay_spec(loaded.model_spec, model, what=f"Policy {policy}")
+    else:
+        spec = model if model is not None else ModelSpec(arch) if arch else None
+    recorded = None if spec is None or (spec.is_zoo and spec.identity() == ModelSpec(spec.source).identity()) \
+        else spec.to_dict()
     if mode == "scratch" and loaded is not None and scratch is None:
         scratch = "E"
     device_type = resolve_device(device).type if str(preset) == "auto" else "cpu"  # only "auto" depends on it
@@ -152,6 +173,6 @@ def make_config(mode: str, data_dir: str | os.PathLike[str], *, policy: str | os
     if kd is not None and kd.teacher is not None:
         kd = Distillation(_absolute(kd.teacher), kd.temperature, kd.weight)
     return TrainConfig(mode=mode, data_dir=str(_absolute(data_dir)), recipe=resolved,
-                       arch=loaded.arch if loaded is not None else arch, policy=_absolute(policy),
+                       arch=spec.source if spec is not None else None, policy=_absolute(policy), model=recorded,
                        checkpoint=str(_absolute(checkpoint)), scratch=scratch, base_epochs=base_epochs, preset=name,
                        kd=kd, device=device, **settings)

@@ -4,7 +4,8 @@ Everything a resumed run needs to continue bit for bit is in
 :meth:`Trainer.state_dict`: the weights, the optimiser (momentum buffers), the
 schedule, the AMP loss scaler, the global RNG states and the number of epochs
 done. The data order needs no state: epoch ``e`` always draws its order, crops
-and flips from a generator seeded with ``seed + e`` (:class:`DeviceLoader`).
+and flips from a generator seeded with ``seed + e`` (:class:`DeviceLoader`; a streamed sample's
+random-resized-crop from ``(seed, e, index)``, :class:`StreamLoader`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import _rng
-from ..data import DeviceLoader
+from ..data import DeviceLoader, StreamLoader
 from ._recipe import Recipe
 
 __all__ = ["EpochStats", "Trainer", "kd_loss"]
@@ -74,7 +75,7 @@ class Trainer:
             pruning methods that train: Network Slimming's L1 on BN scales, SCP's FLOPs term).
     """
 
-    def __init__(self, model: nn.Module, recipe: Recipe, loader: DeviceLoader, device: torch.device, *,
+    def __init__(self, model: nn.Module, recipe: Recipe, loader: DeviceLoader | StreamLoader, device: torch.device, *,
                  teacher: nn.Module | None = None, kd_temperature: float = 4.0, kd_weight: float = 0.9,
                  regularizer: Callable[[nn.Module], torch.Tensor] | None = None) -> None:
         self.device = device

@@ -87,6 +87,7 @@ def finetune_on_ray(policies: Sequence[str | os.PathLike[str]], data_dir: str | 
     Every policy, and ``out`` (:class:`~autoprune._run_dir.RunDir`), is checked before Ray starts.
     """
     from ..checkpoints import load_model
+    from ..models import replay_spec
     from ..policy import Policy
     from ..pruning import space_for
 
@@ -94,9 +95,11 @@ def finetune_on_ray(policies: Sequence[str | os.PathLike[str]], data_dir: str | 
     checked = {}
     for name, path in zip(_names(policies), policies):
         policy = Policy.load(path)
-        base, sha = load_model(policy.arch, settings.get("checkpoint", "pretrained"), num_classes=policy.num_classes)
         try:
-            policy.validate(space_for(base, policy.arch, policy.space), checkpoint=sha)
+            spec = replay_spec(policy.model_spec, settings.get("model"), what=f"Policy {path}")
+            base, sha = load_model(spec, settings.get("checkpoint", "pretrained"),
+                                   num_classes=policy.num_classes if spec.is_zoo else None)
+            policy.validate(space_for(base, spec, policy.space), checkpoint=sha)
         except AutopruneError as e:
             raise type(e)(f"{path}: {e}") from None
         checked[name] = (path, policy.macs_fraction)

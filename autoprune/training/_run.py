@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 from .._device import resolve_device
 from .._io import json_bytes, load_torch, reading, save_torch
 from ..checkpoints import PRUNED_FORMAT, load_model, load_pruned, pruned_state
-from ..data import DeviceLoader, load_dataset, make_splits
+from ..data import Transforms, load_dataset, make_loader, make_splits
 from ..errors import AutopruneError, CheckpointError
 from ..evaluate import Evaluator
-from ..models import create, get_model_info
+from ..models import ModelSpec, create
 from ..policy import Policy
 from ..pruning import apply, space_for
 from ._config import TrainConfig
@@ -66,19 +66,25 @@ class TrainResult:
     model_path: Path
 
 
-def _load_teacher(spec: str, arch: str, num_classes: int) -> nn.Module:
-    """A checkpoint of ``arch`` or "pretrained", or a pruned model file (any arch) written by autoprune."""
+def _load_teacher(spec: str, arch: ModelSpec, num_classes: int) -> nn.Module:
+    """A checkpoint of ``arch`` or "pretrained", or a pruned model file (a zoo arch, or ``arch``) written by autoprune."""
     if spec != "pretrained" and Path(spec).is_file():
         try:
             obj = load_torch(spec, "KD teacher")
         except CheckpointError:  # load_model below says why
             obj = None
         if isinstance(obj, dict) and obj.get("format") == PRUNED_FORMAT:
-            teacher, policy = load_pruned(spec)
+            teacher, policy = load_pruned(spec, model=None if policy_is_zoo(spec) else arch)
             if policy.num_classes != num_classes:
                 raise CheckpointError(f"KD teacher {spec} has {policy.num_classes} classes, the student {num_classes}.")
             return teacher
-    return load_model(arch, spec, num_classes=num_classes)[0]
+    return load_model(arch, spec, num_classes=num_classes if arch.is_zoo else None)[0]
+
+
+def policy_is_zoo(path: str) -> bool:
+    """Whether the pruned model file at ``path`` was cut from a zoo model (rebuilt without the user's spec)."""
+    obj = load_torch(path, "KD teacher")
+    return Policy.from_dict(obj["policy"], source=path).model_spec.is_zoo
 
 
 def _refuse_kernel_sparse(policy: Policy, source: str | None, mode: str) -> None:
@@ -102,20 +108,21 @@ def _refuse_kernel_sparse(policy: Policy, source: str | None, mode: str) -> None
 
 def _build(config: TrainConfig, policy: Policy | None, num_classes: int) -> tuple[nn.Module, nn.Module | None]:
     """The student (pruned from the checkpoint, or randomly initialised) and the KD teacher, if any."""
-    arch = str(config.arch)
+    arch = config.model_spec
+    zoo_classes = (lambda n: n) if arch.is_zoo else (lambda n: None)  # a factory's classes are its own
     torch.manual_seed(config.seed)
     base = None
     if policy is None:
-        model = create(arch, num_classes=num_classes)
+        model = create(arch, num_classes=zoo_classes(num_classes))
     elif config.mode == "finetune":
-        base, sha = load_model(arch, config.checkpoint, num_classes=policy.num_classes)
+        base, sha = load_model(arch, config.checkpoint, num_classes=zoo_classes(policy.num_classes))
         policy.validate(space_for(base, arch, policy.space), checkpoint=sha)
         model = apply(base, policy)
     else:
         # The pruned architecture, initialised by slicing a fresh seeded draw of the base model's
         # initialiser: which channels are kept is irrelevant for random weights, and every pruned
         # conv feeds a BatchNorm, which makes the forward pass blind to the smaller fan-in's scale.
-        model = apply(create(arch, num_classes=policy.num_classes), policy)
+        model = apply(create(arch, num_classes=zoo_classes(policy.num_classes)), policy)
     teacher = None
     if config.kd is not None:
         if config.kd.teacher is None and base is not None:
@@ -150,7 +157,8 @@ def train(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     if policy is not None:
         _refuse_kernel_sparse(policy, config.policy, config.mode)
     device = resolve_device(config.device)
-    data = load_dataset(config.data_dir, name=config.dataset)
+    data = load_dataset(config.data_dir, name=config.dataset, cache_limit=config.cache_limit,
+                        skip_bad_images=config.skip_bad_images)
     if policy is not None and policy.num_classes != data.num_classes:
         raise AutopruneError(f"The policy's model has {policy.num_classes} outputs but {data.name} has "
                              f"{data.num_classes} classes.")
@@ -161,13 +169,16 @@ def train(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fa
         if state is None and run.last.is_file():
             state = load_torch(run.last, "Training checkpoint", hint=_RESTART)
     splits = make_splits(len(data.train_labels), holdout=config.holdout, seed=config.seed)
-    info = get_model_info(str(config.arch))
-    evaluator = Evaluator(data, splits, mean=info.mean, std=info.std, device=device, batch_size=config.eval_batch_size)
+    info = config.model_spec.defaults()  # its normalisation
+    size = info.input_size[-1]
+    transforms = Transforms.for_input(size, data.image_size, resize=config.resize) if config.resize else None
+    evaluator = Evaluator(data, splits, mean=info.mean, std=info.std, device=device, batch_size=config.eval_batch_size,
+                          input_size=size, transforms=transforms, workers=config.data_workers)
     recipe = config.recipe
-    loader = DeviceLoader(data.train_images[splits.train], data.train_labels[splits.train], batch_size=recipe.batch_size,
-                          mean=info.mean, std=info.std, device=device, shuffle=True, augment=True,
-                          drop_last=len(splits.train) > recipe.batch_size, seed=config.seed,
-                          channels_last=device.type == "cuda")
+    loader = make_loader(data, "train", splits.train, batch_size=recipe.batch_size, mean=info.mean, std=info.std,
+                         device=device, shuffle=True, augment=True, drop_last=len(splits.train) > recipe.batch_size,
+                         seed=config.seed, channels_last=device.type == "cuda", input_size=size,
+                         transforms=transforms, workers=config.data_workers)
     trainer = Trainer(model, recipe, loader, device, teacher=teacher,
                       kd_temperature=config.kd.temperature if config.kd else 4.0,
                       kd_weight=config.kd.weight if config.kd else 0.9)
