@@ -273,3 +273,16 @@ def test_public_names_and_the_written_file_mode(tmp_path):
         os.umask(umask)
     assert (tmp_path / "m.pt2").stat().st_mode & 0o777 == 0o644  # as open() would make it, not mkstemp's 0600
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt2"]
+
+
+def test_a_users_pruned_model_exports_with_its_spec(tmp_path):
+    from autoprune.models import ModelSpec, build
+
+    spec = ModelSpec(f"{Path(__file__).with_name('model_zoo.py')}:SEBasicNet", input_size=(3, 16, 16))
+    torch.manual_seed(0)
+    policy, small = prune(build(spec).eval(), spec, 0.5)
+    save_pruned(tmp_path / "model.pt", small, policy)
+    result, _ = export_pruned(tmp_path / "model.pt", tmp_path / "m.pt2", model=spec, batch=2)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(torch.export.load(str(tmp_path / "m.pt2")).module()(x), small(x))
+    assert result.relative_diff <= 1e-4 and result.batch == 2
