@@ -58,6 +58,8 @@ class Family:
     name: str
     factory: Callable[..., nn.Module] | None  # None: a zoo model, built by name; else f(num_classes=...)
     input_size: tuple[int, int, int]
+    first_conv: str | None = None  # the stem; default: the first Conv2d
+    classifier: str | None = None  # default: the last Linear
 
 
 FAMILIES: list[Family] = [
@@ -79,19 +81,20 @@ def structure_families() -> list[Family]:
     sys.path.insert(0, str(path))
     import model_zoo  # type: ignore[import-not-found]
 
-    return [Family(f"structure-{name}", lambda num_classes=None, s=s: s.factory(), s.input_size)
+    return [Family(f"structure-{name}", lambda num_classes=None, s=s: s.factory(), s.input_size, s.first_conv,
+                   s.classifier)
             for name, s in model_zoo.STRUCTURES.items() if name != "resnet50"]  # bench-resnet50 is that row
 
 
 def register(family: Family) -> None:
-    """Put a non-zoo family in the registry: its stem is its first conv, its classifier its last Linear."""
+    """Put a non-zoo family in the registry: its stem (default: its first conv) and classifier (its last Linear)."""
     if family.factory is None or family.name in list_models():
         return
     model = family.factory(num_classes=10)
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    first_conv = family.first_conv or next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    classifier = family.classifier or [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
     dataset = "imagenet" if family.input_size[-1] >= 224 else "cifar"
-    register_model(dataset=dataset, input_size=family.input_size, first_conv=convs[0], classifier=linears[-1],
+    register_model(dataset=dataset, input_size=family.input_size, first_conv=first_conv, classifier=classifier,
                    name=family.name)(family.factory)
 
 
@@ -141,6 +144,7 @@ def measure(family: Family, rounds: int, export_dir: Path | None, notes: list[st
     out = lambda: [row["family"], row["input"], *(row[c] for c in cols)]  # noqa: E731
     torch.manual_seed(0)
     try:
+        register(family)
         model = randomise_bn(create(family.name))
         trace_s, space = median_time(lambda: PrunableSpace(model, family.name), rounds)
     except Exception as e:
@@ -205,7 +209,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for family in families:
             start = time.perf_counter()
-            register(family)
             rows.append(measure(family, args.rounds, Path(tmp) if args.export else None, notes))
             print(f"  {family.name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     print(format_table(["family", "input", "traced", "pruned", "groups", "equiv (f64)", "MACs model",
