@@ -28,6 +28,7 @@ from .errors import AutopruneError
 if TYPE_CHECKING:
     import numpy as np
 
+    from .proxies import Proxy
     from .pruning import PrunableSpace
 
 __all__ = ["Accuracy", "evaluate", "recalibrate_bn", "Evaluator"]
@@ -114,12 +115,16 @@ class Evaluator:
             the search never optimised (the winner's curse). None: no split. The reward part is
             itself split into its first quarter ("screen") and the rest ("rest"), so a
             multi-fidelity search can stop early on hopeless policies.
+        proxy: how :meth:`judge` makes a pruned model ready (:mod:`autoprune.proxies`); None: adaptive BN.
+            Checked here, so a proxy that needs training images the data lacks fails when built.
     """
 
     def __init__(self, dataset: Dataset, splits: Splits, *, mean: tuple[float, ...], std: tuple[float, ...],
                  device: torch.device | str = "cpu", batch_size: int = 500, recal_batches: int = 0,
-                 recal_batch_size: int = 100, seed: int = 0, reward_samples: int | None = None) -> None:
+                 recal_batch_size: int = 100, seed: int = 0, reward_samples: int | None = None,
+                 proxy: Proxy | None = None) -> None:
         self.device = torch.device(device)
+        self.mean, self.std = mean, std  # proxies that train build their own loaders of the training split
         self.dataset = dataset
         self.splits = splits  # training methods (the handcrafted baselines) train on splits.train
         # channels-last on every device: on CUDA for tensor cores, and on CPU too, where oneDNN's
@@ -145,6 +150,9 @@ class Evaluator:
             pick = splits.train[torch.randperm(len(splits.train), generator=g)[: recal_batches * recal_batch_size]]
             self.recal_loader = DeviceLoader(dataset.train_images[pick], dataset.train_labels[pick],
                                              batch_size=recal_batch_size, **common)
+        self.proxy = proxy
+        if proxy is not None:
+            proxy.check(self)
 
     @classmethod
     def from_data_dir(cls, data_dir: str | os.PathLike[str] | None, arch: str, *, dataset: str = "cifar10",
@@ -174,12 +182,20 @@ class Evaluator:
 
     def judge(self, space: PrunableSpace, channels: Mapping[str, Sequence[int] | np.ndarray], *,
               timings: dict[str, float] | None = None) -> nn.Module:
-        """The model of ``space`` keeping ``channels`` per group, cut, prepared and recalibrated: ready to judge.
+        """The model of ``space`` keeping ``channels`` per group, cut and made ready by the proxy: ready to judge.
 
         The one way every agent's candidate and every baseline reaches :meth:`holdout` and :meth:`test`,
         so all are judged alike. ``timings``, when given, gains the seconds spent cutting ("apply") and
-        recalibrating ("recalibrate"): where a search's time goes.
+        recalibrating ("recalibrate"), and the proxy's own work ("finetune", "reconstruct"): where a
+        search's time goes.
         """
+        if self.proxy is not None:
+            return self.proxy.judge(self, space, channels, timings=timings)
+        return self.recalibrated(space, channels, timings=timings)
+
+    def recalibrated(self, space: PrunableSpace, channels: Mapping[str, Sequence[int] | np.ndarray], *,
+                     timings: dict[str, float] | None = None) -> nn.Module:
+        """The model of ``space`` keeping ``channels``, cut, prepared and recalibrated (the ``bn`` proxy)."""
         start = time.perf_counter()
         model = self.prepare(space.apply(channels))
         applied = time.perf_counter()

@@ -179,10 +179,14 @@ class PrunableSpace:
             if idx.min() < 0 or idx.max() >= channels or len(np.unique(idx)) != idx.size:
                 raise PolicyError(f"Group {name!r}: kept indices must be distinct and in [0, {channels}).")
 
-    def apply(self, kept: Kept) -> nn.Module:
-        """A physically smaller copy of the model keeping ``kept[group]`` channels of each named group."""
+    def apply(self, kept: Kept, *, model: nn.Module | None = None) -> nn.Module:
+        """A physically smaller copy of the model keeping ``kept[group]`` channels of each named group.
+
+        ``model``: cut a copy of this one instead, a model of the same architecture with other
+        weights (the ``reconstruct`` reward proxy's refit copy); it is not modified either.
+        """
         removed = self._removed(kept)
-        pruned = copy.deepcopy(self.model)
+        pruned = copy.deepcopy(self.model if model is None else model)
         with torch.no_grad():
             for (module, fn_name), idx in removed.items():
                 self._fns[(module, fn_name)](pruned.get_submodule(module), idx)
