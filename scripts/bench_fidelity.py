@@ -344,18 +344,20 @@ def _eta(results: Path, steps: list[tuple[Cell, str, str]], setup: Setup) -> str
     """Seconds left: each missing measurement at the mean of its kind measured so far, scaled by the model's MACs."""
     macs = {arch: _base_macs(arch) for arch in {c.arch for c in setup.cells}}
     seen: dict[str, list[float]] = {}
-    missing = []
+    missing, stored = [], 0
     for cell, name, kind in steps:
         record = _stored(results, cell, name, kind)
         key = "finetune" if kind.startswith("finetune") else kind
-        if record is None:
+        stored += record is not None
+        if record is None and kind != "policy":  # policies take a moment, searches are not counted here
             missing.append((cell, key))
-        elif record.get("seconds") is not None:
+        elif record is not None and record.get("seconds") is not None:
             seen.setdefault(key, []).append(record["seconds"] / macs[cell.arch])
     left = sum(float(np.mean(seen[key])) * macs[cell.arch] for cell, key in missing if key in seen)
     unknown = sum(key not in seen for _, key in missing)
-    text = f"{len(steps) - len(missing)} of {len(steps)} measurements stored; about {left / 3600:.1f} h left"
-    return text + (f" (plus {unknown} of kinds not yet timed: searches and policies)" if unknown else "")
+    text = (f"{stored} of {len(steps)} measurements stored; about {left / 3600:.1f} h left, the agents' searches "
+            "aside")
+    return text + (f" (plus {unknown} measurements of kinds not timed yet)" if unknown else "")
 
 
 def run(setup: Setup, results: Path, *, on_step: Callable[[Cell, str, str], None] | None = None) -> None:
