@@ -276,7 +276,8 @@ def run_search(args: argparse.Namespace) -> int:
                               targets=targets, episodes=args.episodes, space=args.space,
                               dataset=args.dataset, seed=args.seed, device=args.device, holdout=args.holdout,
                               reward_samples=args.reward_samples, recal_batches=args.recal_batches, top_k=args.top_k,
-                              multi_fidelity=args.multi_fidelity, storage=args.storage, study_name=args.study_name,
+                              multi_fidelity=args.multi_fidelity, reward_proxy=args.reward_proxy,
+                              storage=args.storage, study_name=args.study_name,
                               workers=args.workers, ray=args.ray, ray_address=args.ray_address,
                               warm_start=args.warm_start, **_data_options(args))
         agent = Path(args.agent).stem

@@ -208,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batches of 100 training images for BN recalibration (default 10; at least 1: without it "
                         "every reward is near chance)")
     p.add_argument("--top-k", type=int, default=5, help="finalists re-judged on the rest of the holdout (default 5)")
+    p.add_argument("--reward-proxy", metavar="PROXY",
+                   help="how each pruned model is made ready before its holdout accuracy is the reward: bn (BN "
+                        "recalibration), reconstruct (least-squares refit of each pruned layer, then bn), finetune-K "
+                        "(K SGD steps, e.g. finetune-200, then bn) or distill-K (the same, distilled from the "
+                        "unpruned model); default: the preset's (bn). scripts/bench_fidelity.py measures them")
     p.add_argument("--out", help="run directory, new or empty (default runs/<arch>-<agent>-<time>); a search that "
                                  "fails before its first episode leaves nothing in it")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (with the options it started with; "

@@ -92,7 +92,10 @@ class PruningEnv(gym.Env):
     | 11| previous_action  | the previous group's effective keep ratio (1 at the start)  |
 
     ## Rewards
-    0 until the last step; then by ``config.reward`` (see :class:`EnvConfig`).
+    0 until the last step; then by ``config.reward`` (see :class:`EnvConfig`), from the holdout
+    accuracy of the pruned model made ready by the evaluator's reward proxy
+    (:mod:`autoprune.proxies`: ``bn`` recalibration by default, ``reconstruct``, ``finetune-K``,
+    ``distill-K``; ``--reward-proxy``), so every agent can use any of them.
 
     ## Starting State
     The first group, nothing pruned. Each round of ``len(config.targets)``

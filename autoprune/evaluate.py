@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .models import ModelSpec
+    from .proxies import Proxy
     from .pruning import PrunableSpace
 
 __all__ = ["Accuracy", "evaluate", "recalibrate_bn", "check_classes", "Evaluator"]
@@ -134,14 +135,17 @@ class Evaluator:
 
     Every part is a fixed, seeded set of images under deterministic evaluation transforms, so every
     policy is judged on the same pixels, streamed or not.
+        proxy: how :meth:`judge` makes a pruned model ready (:mod:`autoprune.proxies`); None: adaptive BN.
+            Checked here, so a proxy that needs training images the data lacks fails when built.
     """
 
     def __init__(self, dataset: Dataset, splits: Splits, *, mean: tuple[float, ...], std: tuple[float, ...],
                  device: torch.device | str = "cpu", batch_size: int = 500, recal_batches: int = 0,
                  recal_batch_size: int = 100, seed: int = 0, reward_samples: int | None = None,
                  input_size: int | None = None, transforms: Transforms | None = None,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, proxy: Proxy | None = None) -> None:
         self.device = torch.device(device)
+        self.mean, self.std = mean, std  # proxies that train build their own loaders of the training split
         self.dataset = dataset
         self.splits = splits  # training methods (the handcrafted baselines) train on splits.train
         self.input_size, self.transforms, self.workers = input_size, transforms, workers
@@ -168,6 +172,9 @@ class Evaluator:
             g = torch.Generator().manual_seed(seed)
             pick = splits.train[torch.randperm(len(splits.train), generator=g)[: recal_batches * recal_batch_size]]
             self.recal_loader = make_loader(dataset, "train", pick, batch_size=recal_batch_size, **common)
+        self.proxy = proxy
+        if proxy is not None:
+            proxy.check(self)
 
     @classmethod
     def from_data_dir(cls, data_dir: str | os.PathLike[str] | None, arch: str | ModelSpec, *,
@@ -211,12 +218,20 @@ class Evaluator:
 
     def judge(self, space: PrunableSpace, channels: Mapping[str, Sequence[int] | np.ndarray], *,
               timings: dict[str, float] | None = None) -> nn.Module:
-        """The model of ``space`` keeping ``channels`` per group, cut, prepared and recalibrated: ready to judge.
+        """The model of ``space`` keeping ``channels`` per group, cut and made ready by the proxy: ready to judge.
 
         The one way every agent's candidate and every baseline reaches :meth:`holdout` and :meth:`test`,
         so all are judged alike. ``timings``, when given, gains the seconds spent cutting ("apply") and
-        recalibrating ("recalibrate"): where a search's time goes.
+        recalibrating ("recalibrate"), and the proxy's own work ("finetune", "reconstruct"): where a
+        search's time goes.
         """
+        if self.proxy is not None:
+            return self.proxy.judge(self, space, channels, timings=timings)
+        return self.recalibrated(space, channels, timings=timings)
+
+    def recalibrated(self, space: PrunableSpace, channels: Mapping[str, Sequence[int] | np.ndarray], *,
+                     timings: dict[str, float] | None = None) -> nn.Module:
+        """The model of ``space`` keeping ``channels``, cut, prepared and recalibrated (the ``bn`` proxy)."""
         start = time.perf_counter()
         model = self.prepare(space.apply(channels))
         applied = time.perf_counter()

@@ -286,6 +286,12 @@ def cases(t: Path, p: dict[str, Path]) -> list[Case]:
         Case("prune --target-flops -0.2", [["prune", "--arch", "resnet20", "--checkpoint", p["r20"], "--target-flops",
                                             "-0.2", "--out", t / "neg"]], "refuse", ("(0, 1)",)),
         *model_cases(t, p, common),
+        Case("search --reward-proxy misspelt", [[*uniform, "--reward-proxy", "finetun-200", "--out", t / "px1"]],
+             "refuse", ("Did you mean 'finetune-200'?",), holds_no(t / "px1", "config.yaml")),
+        Case("search --reward-proxy finetune-0", [[*uniform, "--reward-proxy", "finetune-0", "--out", t / "px2"]],
+             "refuse", ("at least 1", "finetune-200")),
+        Case("search --reward-proxy finetune (no step count)",
+             [[*uniform, "--reward-proxy", "finetune", "--out", t / "px3"]], "refuse", ("finetune-200",)),
         Case("search --target-flops 20M (a MAC count, as prune takes)",
              [[*search, "--agent", "uniform", "--target-flops", "20M", "--out", t / "mac"]], "accept"),
     ]

@@ -302,10 +302,14 @@ class PrunableSpace:
                                   f"(conv-groups) must keep the same number of channels; choose them with "
                                   f"PrunableSpace.select.")
 
-    def apply(self, kept: Kept) -> nn.Module:
-        """A physically smaller copy of the model keeping ``kept[group]`` channels of each named group."""
+    def apply(self, kept: Kept, *, model: nn.Module | None = None) -> nn.Module:
+        """A physically smaller copy of the model keeping ``kept[group]`` channels of each named group.
+
+        ``model``: cut a copy of this one instead, a model of the same architecture with other
+        weights (the ``reconstruct`` reward proxy's refit copy); it is not modified either.
+        """
         removed = self._removed(kept)
-        pruned = copy.deepcopy(self.model)
+        pruned = copy.deepcopy(self.model if model is None else model)
         with torch.no_grad():
             for (module, fn_name), idx in removed.items():
                 prune_target(pruned, module, self._fns[(module, fn_name)], idx)

@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import AutopruneError
 from ..models import ModelSpec
 from ..policy import Policy
+from ..proxies import get_proxy
 
 __all__ = ["SearchConfig", "SearchResult"]
 
@@ -40,6 +41,7 @@ class SearchConfig:
     recal_batch_size: int = 100
     top_k: int = 5
     multi_fidelity: bool | None = None  # Optuna; None: the preset's
+    reward_proxy: str | None = None  # how a pruned model is made ready to judge (autoprune.proxies); None: the preset's
     storage: str | None = None  # Optuna; None: SQLite in the run directory
     study_name: str | None = None  # Optuna; None: the run directory's name
     workers: int = 1  # Optuna: trials evaluated at once
@@ -64,6 +66,8 @@ class SearchConfig:
             raise AutopruneError(f"--episodes must be at least 1, but got {self.episodes}.")
         if self.top_k < 1:
             raise AutopruneError(f"--top-k must be at least 1, but got {self.top_k}.")
+        if self.reward_proxy is not None:
+            get_proxy(self.reward_proxy)  # a misspelt or incomplete name fails here, before any work
         if self.workers < 1:
             raise AutopruneError(f"--workers must be at least 1, but got {self.workers}.")
         if self.recal_batches < 1:

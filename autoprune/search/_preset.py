@@ -16,6 +16,7 @@ import yaml
 
 from .._resources import resource_dir
 from ..errors import AutopruneError, unknown_name
+from ..proxies import get_proxy
 from ._registry import HANDCRAFTED, OPTUNA, Algorithm, get_algorithm
 
 __all__ = ["Preset", "list_presets", "load_preset"]
@@ -42,6 +43,8 @@ class Preset:
             every trial).
         multi_fidelity: Optuna only: score a quarter of the reward images first and let a
             median pruner stop trials below the median there.
+        reward_proxy: how each pruned model is made ready before its holdout accuracy is the
+            reward (:mod:`autoprune.proxies`: bn, reconstruct, finetune-K, distill-K).
         hyperparameters: passed to the algorithm's (or sampler's) constructor; a handcrafted
             method's own knobs (``Context.hyperparameters``).
     """
@@ -55,12 +58,14 @@ class Preset:
     warmup_episodes: int = 50
     checkpoint_every: int = 10
     multi_fidelity: bool = False
+    reward_proxy: str = "bn"
     hyperparameters: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.spec.one_study and len(self.targets) < 2:
             raise AutopruneError(f"Preset {self.name!r}: {self.algorithm} searches a range of budgets; give at least two "
                                  f"targets (their min and max bound it), but got {list(self.targets)}.")
+        get_proxy(self.reward_proxy)  # refuses a misspelt or incomplete proxy name
         for key, low in (("episodes", 1), ("warmup_episodes", 0), ("checkpoint_every", 1)):
             if getattr(self, key) < low:
                 raise AutopruneError(f"Preset {self.name!r}: {key} must be at least {low}, but got {getattr(self, key)}.")

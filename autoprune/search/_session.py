@@ -16,6 +16,7 @@ from ..env import EnvConfig, PruningEnv
 from ..errors import AutopruneError
 from ..evaluate import Evaluator, check_classes
 from ..models import state_sha256
+from ..proxies import get_proxy
 from ..pruning import PrunableSpace, space_for
 from ._config import SearchConfig
 from ._preset import Preset, load_preset
@@ -27,7 +28,8 @@ def resolve_preset(config: SearchConfig) -> Preset:
     """The preset a run of ``config`` uses: as resolved when it started, else the YAML with the config's overrides."""
     if config.preset:  # a run being resumed: the preset as resolved when it started, whatever the YAML says now
         return Preset(**{**config.preset, "targets": tuple(config.preset["targets"])})
-    preset = load_preset(config.agent, episodes=config.episodes, multi_fidelity=config.multi_fidelity)
+    preset = load_preset(config.agent, episodes=config.episodes, multi_fidelity=config.multi_fidelity,
+                         reward_proxy=config.reward_proxy)
     if config.targets:  # a multi-target preset keeps its range and adds the asked targets
         asked = tuple(float(t) for t in config.targets)
         targets = tuple(sorted(set(preset.targets) | set(asked))) if len(preset.targets) > 1 else asked
@@ -61,7 +63,8 @@ def setup(config: SearchConfig, model: nn.Module | None = None) -> tuple[Preset,
                                         seed=config.seed, device=config.device, recal_batches=config.recal_batches,
                                         recal_batch_size=config.recal_batch_size, reward_samples=config.reward_samples,
                                         cache_limit=config.cache_limit, skip_bad_images=config.skip_bad_images,
-                                        resize=config.resize, workers=config.data_workers)
+                                        resize=config.resize, workers=config.data_workers,
+                                        proxy=get_proxy(preset.reward_proxy, seed=config.seed))
     space = space_for(model, spec, config.space)
     check_classes(model, space.info.classifier, evaluator.dataset)
     # a method that selects its own channels: the env only prices its answers and gives the uniform-L1 reference

@@ -1,0 +1,121 @@
+"""scripts/bench_fidelity.py on a tiny setup: interrupted in the middle of a policy (a proxy, a fine-tune between
+its epochs), resumed, it stores what an uninterrupted run stores; and its statistics are those of scipy."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import bench_fidelity as bf  # noqa: E402
+
+TIMING = {"seconds", "timings", "train_seconds"}
+
+
+def _setup(tiny: Path) -> bf.Setup:
+    return bf.Setup(data_dir=str(tiny / "data"), cells=(bf.Cell("resnet20", 0.5, str(tiny / "r20.th")),),
+                    proxies=("bn", "finetune-2"), random=2, agents=("cmaes",), episodes=2, epochs=2, batch_size=16,
+                    seeds=(0, 1), seeded=2, holdout=20, reward_samples=10, recal_batches=1, recal_batch_size=10,
+                    eval_batch_size=50)
+
+
+def _stored(results: Path) -> dict[str, dict]:
+    """Every stored measurement and policy, without times and paths (which differ between runs)."""
+    out = {}
+    for path in sorted(results.glob("resnet20-0.5/*/*.json")):
+        record = {k: v for k, v in json.loads(path.read_text()).items() if k not in TIMING}
+        if path.name == "policy.json":
+            for key in ("search_run", "created"):  # where and when, not what
+                record["provenance"].pop(key, None)
+        out[str(path.relative_to(results))] = record
+    return out
+
+
+@pytest.mark.slow
+def test_an_interrupted_benchmark_resumes_to_the_same_results(tiny, tmp_path, monkeypatch):
+    setup = _setup(tiny)
+    bf.run(setup, tmp_path / "whole")
+    whole = _stored(tmp_path / "whole")
+    expected = {f"resnet20-0.5/{name}/{kind}.json" for _, name, kind in bf.plan(setup)}
+    assert set(whole) == expected
+
+    from autoprune.proxies import FinetuneProxy
+    from autoprune.training import Trainer
+
+    # 1. killed inside a policy's proxy measurement, after its bn proxy was stored
+    def stop_in_proxy(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FinetuneProxy, "judge", stop_in_proxy)
+    parted = tmp_path / "parted"
+    with pytest.raises(KeyboardInterrupt):
+        bf.run(setup, parted)
+    monkeypatch.undo()
+    first = next(iter(setup.policy_names()))
+    assert (parted / "resnet20-0.5" / first / "proxy-bn.json").is_file()
+    assert not (parted / "resnet20-0.5" / first / "proxy-finetune-2.json").exists()
+
+    # 2. killed in the middle of a fine-tune, after its first epoch's checkpoint
+    original = Trainer.train_epoch
+    calls = []
+
+    def stop_in_second_epoch(self, *args, **kwargs):
+        if self.recipe.epochs == setup.epochs:  # a fine-tune, not a proxy's steps
+            calls.append(self.epoch)
+            if len(calls) == 4:  # the second epoch of the second fine-tune
+                raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_epoch", stop_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        bf.run(setup, parted)
+    monkeypatch.undo()
+    second = setup.policy_names()[1]
+    runs = parted / "resnet20-0.5" / second / "runs" / "seed0"
+    assert (runs / "checkpoints" / "last.pt").is_file() and not (parted / "resnet20-0.5" / second /
+                                                                   "finetune-seed0.json").exists()
+
+    # 3. resumed: the fine-tune continues from its epoch, and everything ends as in the uninterrupted run
+    resumed_from = []
+    monkeypatch.setattr(Trainer, "train_epoch",
+                        lambda self, *a, **k: (resumed_from.append(self.epoch), original(self, *a, **k))[1])
+    bf.run(setup, parted)
+    assert resumed_from[0] == 1 or 1 in resumed_from  # the interrupted fine-tune started at its second epoch
+    resumed = _stored(parted)
+    assert resumed.keys() == whole.keys()
+    assert {k: v for k, v in resumed.items() if v != whole[k]} == {}
+
+    text = bf.report(setup, parted)
+    assert "finetune-2" in text and (parted / "fidelity.png").is_file()
+
+
+def test_fidelity_statistics_are_scipys_and_regret_is_the_best_minus_the_pick():
+    from scipy.stats import kendalltau, spearmanr
+
+    rng = np.random.default_rng(0)
+    y = rng.uniform(0.8, 0.9, 12)
+    x = y + rng.normal(0, 0.02, 12)
+    rows = [bf.PolicyResult(f"p{i}", 0.5, {"bn": float(a)}, {"bn": 1.0}, [float(b)], [float(b)])
+            for i, (a, b) in enumerate(zip(x, y))]
+    f = bf.fidelity(rows, "bn")
+    assert f["tau"] == pytest.approx(kendalltau(x, y).statistic)
+    assert f["rho"] == pytest.approx(spearmanr(x, y).statistic)
+    assert f["tau_ci"][0] <= f["tau"] <= f["tau_ci"][1]
+    assert f["regret"] == pytest.approx(y.max() - y[np.argmax(x)])
+    assert bf.fidelity(rows[:2], "bn") is None  # too few policies to rank
+
+
+def test_claim_intervals_come_from_the_pooled_seed_noise():
+    rows = [bf.PolicyResult("cacp", 0.5, holdout=[0.90, 0.92], test=[0.91, 0.93]),
+            bf.PolicyResult("uniform-l1", 0.5, holdout=[0.88, 0.88], test=[0.89, 0.89]),
+            bf.PolicyResult("global-l1", 0.5, holdout=[0.87], test=[0.88])]
+    sd, n = bf.seed_noise(rows)
+    assert n == 2 and sd == pytest.approx(np.sqrt((0.01 ** 2 * 2) / 2))
+    holdout = {(a, r): (d, h) for m, a, r, _, _, d, h, *_ in bf.claim(rows, ["cacp"]) if m == "holdout"}
+    diff, half = holdout[("cacp", "uniform-l1")]
+    assert diff == pytest.approx(0.03) and half == pytest.approx(1.96 * sd * np.sqrt(1 / 2 + 1 / 2))
+    assert holdout[("cacp", "global-l1")][1] == pytest.approx(1.96 * sd * np.sqrt(1 / 2 + 1))
