@@ -445,8 +445,9 @@ def fidelity(rows: Sequence[PolicyResult], proxy: str) -> dict[str, Any] | None:
     if len(pairs) < 3:
         return None
     x, y, sec = (np.array(v) for v in zip(*pairs))
-    tau = float(kendalltau(x, y).statistic)
-    rho = float(spearmanr(x, y).statistic)
+    constant = np.ptp(x) == 0 or np.ptp(y) == 0  # no ranking to compare (e.g. every policy at chance)
+    tau = float("nan") if constant else float(kendalltau(x, y).statistic)
+    rho = float("nan") if constant else float(spearmanr(x, y).statistic)
     regret = float(y.max() - y[np.argmax(x)])
     return {"n": len(pairs), "tau": tau, "tau_ci": _bootstrap(x, y, lambda a, b: kendalltau(a, b).statistic),
             "rho": rho, "rho_ci": _bootstrap(x, y, lambda a, b: spearmanr(a, b).statistic), "regret": regret,

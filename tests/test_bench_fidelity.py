@@ -18,7 +18,7 @@ TIMING = {"seconds", "timings", "train_seconds"}
 
 def _setup(tiny: Path) -> bf.Setup:
     return bf.Setup(data_dir=str(tiny / "data"), cells=(bf.Cell("resnet20", 0.5, str(tiny / "r20.th")),),
-                    proxies=("bn", "finetune-2"), random=2, agents=("cmaes",), episodes=2, epochs=2, batch_size=16,
+                    proxies=("bn", "finetune-2"), random=1, agents=("cmaes",), episodes=2, epochs=2, batch_size=16,
                     seeds=(0, 1), seeded=2, holdout=20, reward_samples=10, recal_batches=1, recal_batch_size=10,
                     eval_batch_size=50)
 
