@@ -244,7 +244,10 @@ def episode(root: Path, workers: int, cache_dir: Path, recal: int, reward: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=Path("/work/bench/data-bench"))
+    parser.add_argument("--root", type=Path, default=Path("bench-results/data-bench"),
+                        help="where the generated folder lives (made once, about 1 GB); its cache goes beside it")
+    parser.add_argument("--parts", type=int, nargs="+", choices=(1, 2, 3), default=[1, 2, 3],
+                        help="which measurements to run (the long benchmark can be run in parts)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=20, help="batches of 64 timed per round and loader")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
@@ -256,16 +259,19 @@ def main() -> None:
     rounds, batches = (3, 8) if args.quick else (args.rounds, args.batches)
     ds = load_dataset(args.root, cache_dir=cache_dir, loader="stream")
     print(f"{ds!r}; {ds.extra['survey'].summary()}", flush=True)
-    print(f"\n1. Training-transform throughput, {args.workers} workers, batch 64, {rounds} rounds x {batches} batches "
-          "(interleaved; medians)", flush=True)
-    print(format_table(["loader", "images/s (median)", "per round"],
-                       throughput(list(ds.train_images.paths), ds.train_labels, args.workers, rounds, batches)))
-    print("\n2. Streaming the training split with --cache-limit 256M (evaluation transform)", flush=True)
-    print(format_table(["", ""], peak_rss(args.root, args.workers, "256M", cache_dir, 3000 if args.quick else None)))
+    if 1 in args.parts:
+        print(f"\n1. Training-transform throughput, {args.workers} workers, batch 64, {rounds} rounds x {batches} batches "
+              "(interleaved; medians)", flush=True)
+        print(format_table(["loader", "images/s (median)", "per round"],
+                           throughput(list(ds.train_images.paths), ds.train_labels, args.workers, rounds, batches)))
+    if 2 in args.parts:
+        print("\n2. Streaming the training split with --cache-limit 256M (evaluation transform)", flush=True)
+        print(format_table(["", ""], peak_rss(args.root, args.workers, "256M", cache_dir, 3000 if args.quick else None)))
     recal, reward = (200, 200) if args.quick else (1000, 1000)
-    print(f"\n3. One search episode of bench_resnet50 at 224 px, streamed (CPU, {torch.get_num_threads()} threads)",
-          flush=True)
-    print(format_table(["part", "seconds", "share", "what"], episode(args.root, args.workers, cache_dir, recal, reward)))
+    if 3 in args.parts:
+        print(f"\n3. One search episode of bench_resnet50 at 224 px, streamed (CPU, {torch.get_num_threads()} threads)",
+              flush=True)
+        print(format_table(["part", "seconds", "share", "what"], episode(args.root, args.workers, cache_dir, recal, reward)))
 
 
 if __name__ == "__main__":
