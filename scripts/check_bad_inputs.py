@@ -296,7 +296,38 @@ def cases(t: Path, p: dict[str, Path]) -> list[Case]:
              [[*search, "--agent", "uniform", "--target-flops", "20M", "--out", t / "mac"]], "accept"),
     ]
     out += data_cases(t, p)
+    out += export_cases(t, p, prune)
     return out
+
+
+def export_cases(t: Path, p: dict[str, Path], prune: list[object]) -> list[Case]:
+    """Issue 13, deployment export: each refusal leaves no file at --out."""
+    def pruned(tag: str) -> tuple[list[object], Path]:
+        """A prune step of its own (cases may run alone, --only) and the model.pt it writes."""
+        return [*prune, "--out", t / f"exp-{tag}"], t / f"exp-{tag}" / "model.pt"
+
+    def exporting(name: str, steps: list[list[object]], says: tuple[str, ...], out: Path) -> Case:
+        return Case(f"export: {name}", steps, "refuse", says,
+                    lambda: f"left behind: {out.name}" if out.exists() else "")
+
+    taken = t / "taken.onnx"
+    taken.write_text("someone's file\n")
+    return [
+        exporting("a checkpoint that is not a pruned model",
+                  [["export", "--checkpoint", p["r20"], "--out", t / "e1.pt2"]],
+                  ("is not a pruned autoprune checkpoint",), t / "e1.pt2"),
+        exporting("an unknown format", [(step := pruned("format"))[0], ["export", "--checkpoint", step[1], "--format",
+                                                                         "onxx", "--out", t / "e2.onxx"]],
+                  ("Did you mean 'onnx'?",), t / "e2.onxx"),
+        Case("export: an existing --out without --overwrite",
+             [(step := pruned("taken"))[0], ["export", "--checkpoint", step[1], "--out", taken]], "refuse",
+             ("--overwrite",),
+             lambda: "" if taken.read_text() == "someone's file\n" else "damage: taken.onnx was replaced"),
+        exporting("--opset below the exporter's",
+                  [(step := pruned("opset"))[0], ["export", "--checkpoint", step[1], "--opset", "13",
+                                                  "--out", t / "e4.onnx"]],
+                  ("--opset must be at least",), t / "e4.onnx"),
+    ]
 
 
 def data_cases(t: Path, p: dict[str, Path]) -> list[Case]:
