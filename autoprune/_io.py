@@ -32,43 +32,42 @@ import yaml
 from .errors import AutopruneError, CheckpointError, OutputError
 
 
+def _temp_beside(path: Path, suffix: str) -> tuple[int, str]:
+    """An open temporary file ``.<name>.<random><suffix>`` in ``path``'s folder, with the mode open() would give.
+
+    mkstemp's 0600 would follow the file to its final name, making outputs unreadable to the user's group.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """Open a temporary file beside ``path``; rename it over ``path`` only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        error = output_error(e, path)
-        if error is not None:
-            raise error from e
-        raise
+    """Open a temporary file beside ``path``; rename it over ``path`` only on success (:func:`atomic_path`)."""
+    with atomic_path(path, keep_suffix=False) as tmp, open(tmp, "wb") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, keep_suffix: bool = True) -> Iterator[Path]:
     """A temporary file name beside ``path``, renamed over ``path`` only when the block ends without error.
 
     For writers that want a file name rather than an open file (the ONNX and torch.export writers), and
     for files checked before they take their final name (an export is loaded back and compared first).
-    The temporary is created before the block runs, so an unwritable folder fails before any work.
+    The temporary is created before the block runs, so an unwritable folder fails before any work. Its name
+    is ``.<name>.<random>.tmp``, then ``path``'s suffix when ``keep_suffix`` (readers such as torch.export.load
+    look at it); without, it is what run directories and resumed trainings recognise as a write cut short.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # the temporary keeps the suffix: readers such as torch.export.load look at it
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+        fd, tmp = _temp_beside(path, f".tmp{path.suffix}" if keep_suffix else ".tmp")
         os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would follow the file to its name: give it open()'s mode
     except OSError as e:
         raise (output_error(e, path) or OutputError(f"Could not write {path} ({e}).")) from e
     try:
@@ -204,7 +203,7 @@ def write_together(files: Mapping[str | os.PathLike[str], Callable[[BinaryIO], A
         for target, write in files.items():
             path = Path(target)
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            fd, tmp = _temp_beside(path, ".tmp")
             temps.append((tmp, path))
             with os.fdopen(fd, "wb") as f:
                 write(f)

@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 import functools
 import os
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from model_zoo import randomise_norms
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PRETRAINED_DIR = SHARED / "pretrained" / "cifar10"
@@ -31,14 +35,7 @@ def zoo_space(arch: str, space: str | None = None):
     from autoprune.pruning import PrunableSpace
 
     torch.manual_seed(0)
-    model = create(arch).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
+    model = randomise_norms(create(arch).eval())
     return model, PrunableSpace(model, arch, space)
 
 
@@ -91,3 +88,20 @@ def local_ray(request, tmp_path_factory):
         os.environ.pop("AUTOPRUNE_CACHE")
     else:
         os.environ["AUTOPRUNE_CACHE"] = old
+
+
+@contextmanager
+def tmpfs(path: Path, options: str):
+    """A tiny tmpfs mounted at ``path`` (read-only or full disks: chmod does not stop root), or the test skipped."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                                                       capture_output=True).returncode == 0
+    except FileNotFoundError:
+        mounted = False
+    if not mounted:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: a read-only or full disk needs one (chmod does not stop root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -316,7 +316,11 @@ SMALL = [n for n in STRUCTURES if n != "resnet50"]
 def structure_model(name: str, seed: int = 0) -> nn.Module:
     """The model ``name`` in eval mode, weights and BN statistics randomised under ``seed``."""
     torch.manual_seed(seed)
-    model = STRUCTURES[name].factory().eval()
+    return randomise_norms(STRUCTURES[name].factory().eval())
+
+
+def randomise_norms(model: nn.Module) -> nn.Module:
+    """Norm scales, shifts and BN statistics away from the identity, so that a wrongly pruned channel shows."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):

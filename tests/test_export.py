@@ -12,12 +12,14 @@ import importlib.util
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from conftest import tmpfs
+from model_zoo import randomise_norms
 
 from autoprune import export_model, export_pruned, load_pruned, save_pruned
 from autoprune.cli import main
@@ -65,14 +67,7 @@ assert not [m for m in sys.modules if m.split(".")[0] == "autoprune"]
 def pruned(tmp_path_factory) -> Path:
     """A resnet20 pruned to half its MACs (random weights and BN statistics), saved as model.pt."""
     torch.manual_seed(0)
-    model = create("resnet20").eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
+    model = randomise_norms(create("resnet20").eval())
     policy, small = prune(model, "resnet20", 0.5)
     path = tmp_path_factory.mktemp("pruned") / "model.pt"
     save_pruned(path, small, policy)
@@ -226,20 +221,6 @@ def test_library_errors_are_autoprune_errors(tmp_path):
 
 
 # -- a read-only or full disk ---------------------------------------------------------------------------------
-@contextmanager
-def tmpfs(path: Path, options: str):
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                                                       capture_output=True).returncode == 0
-    except FileNotFoundError:
-        mounted = False
-    if not mounted:
-        pytest.skip(f"cannot mount a tmpfs ({options}) here: a read-only or full disk needs one (chmod does not stop root)")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def test_a_read_only_out_fails_before_the_export(pruned, tmp_path, capsys, monkeypatch):

@@ -12,8 +12,6 @@ import json
 import os
 import re
 import socket
-import subprocess
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ from autoprune._run_dir import MARKER, RunDir
 from autoprune.cli import main
 from autoprune.errors import OutputError
 from autoprune.search import search
-from conftest import search_config
+from conftest import search_config, tmpfs
 
 
 def run(capsys, *argv):
@@ -80,20 +78,6 @@ def command(name, tiny, made):
             "finetune": lambda: finetune_cmd(tiny, made)}[name]()
 
 
-@contextmanager
-def tmpfs(path: Path, options: str):
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                                                       capture_output=True).returncode == 0
-    except FileNotFoundError:
-        mounted = False
-    if not mounted:
-        pytest.skip(f"cannot mount a tmpfs ({options}) here: a read-only or full disk needs one (chmod does not stop root)")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def started_run(path: Path, kind: str, *files: str) -> Path:

@@ -13,7 +13,63 @@ from ..errors import DataError
 _PAD = 4  # random-crop padding, in pixels (the standard CIFAR augmentation)
 
 
-class DeviceLoader:
+class SeededEpochs:
+    """What both loaders share: the batch count, the seeded draws of an epoch, and the state a resume needs.
+
+    Subclasses set ``labels``, ``batch_size``, ``drop_last``, ``shuffle``, ``seed`` and ``epoch``; ``_crops``
+    says whether an epoch draws pad-and-crop offsets and flips (a random-resized-crop draws per sample).
+    """
+
+    labels: torch.Tensor
+    batch_size: int
+    drop_last: bool
+    shuffle: bool
+    seed: int
+    epoch: int
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    @property
+    def _crops(self) -> bool:
+        raise NotImplementedError
+
+    def epoch_draws(self, epoch: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """``(order, offsets, flips)`` of ``epoch``, on the CPU; each is ``None`` when unused.
+
+        ``order`` is a permutation (when shuffling); ``offsets`` is int64
+        ``[N, 2]`` (row, column) in ``[0, 8]``; ``flips`` is bool ``[N]``.
+        Drawn in that order from one generator seeded with ``seed + epoch``.
+        """
+        n = self.num_samples
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(n, generator=generator) if self.shuffle else None
+        if not self._crops:
+            return order, None, None
+        offsets = torch.randint(0, 2 * _PAD + 1, (n, 2), generator=generator)
+        flips = torch.randint(0, 2, (n,), generator=generator, dtype=torch.bool)
+        return order, offsets, flips
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch counter and seed: all a resumed run needs to draw the same batches."""
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("epoch", "seed"):
+            if not _is_int(state.get(key)):
+                raise ValueError(f"state[{key!r}] must be an integer, but got {state.get(key)!r}.")
+        if state["epoch"] < 0:
+            raise ValueError(f"state['epoch'] must be at least 0, but got {state['epoch']}.")
+        self.epoch, self.seed = state["epoch"], state["seed"]
+
+
+class DeviceLoader(SeededEpochs):
     """Keeps a split as one uint8 tensor on the device; normalises on the fly and augments whole
     batches (random crop with 4-px zero padding, horizontal flip) with tensor ops: no per-sample Python.
 
@@ -91,29 +147,8 @@ class DeviceLoader:
         self.epoch = 0
 
     @property
-    def num_samples(self) -> int:
-        return len(self.images)
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
-
-    def epoch_draws(self, epoch: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """``(order, offsets, flips)`` of ``epoch``, on the CPU; each is ``None`` when unused.
-
-        ``order`` is a permutation (when shuffling); ``offsets`` is int64
-        ``[N, 2]`` (row, column) in ``[0, 8]``; ``flips`` is bool ``[N]``.
-        Drawn in that order from one generator seeded with ``seed + epoch``.
-        """
-        n = self.num_samples
-        generator = torch.Generator().manual_seed(self.seed + epoch)
-        order = torch.randperm(n, generator=generator) if self.shuffle else None
-        if not self.augment:
-            return order, None, None
-        offsets = torch.randint(0, 2 * _PAD + 1, (n, 2), generator=generator)
-        flips = torch.randint(0, 2, (n,), generator=generator, dtype=torch.bool)
-        return order, offsets, flips
+    def _crops(self) -> bool:
+        return self.augment
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # Advance the epoch now, not when the generator finishes, so that a
@@ -137,18 +172,6 @@ class DeviceLoader:
                 x = crop_flip(x, offsets[start:stop], flips[start:stop])
             x = x.to(torch.float32, memory_format=memory_format).div_(255).sub_(self._mean).div_(self._std)
             yield x, y
-
-    def state_dict(self) -> dict[str, Any]:
-        """The epoch counter and seed: all a resumed run needs to draw the same batches."""
-        return {"epoch": self.epoch, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("epoch", "seed"):
-            if not _is_int(state.get(key)):
-                raise ValueError(f"state[{key!r}] must be an integer, but got {state.get(key)!r}.")
-        if state["epoch"] < 0:
-            raise ValueError(f"state['epoch'] must be at least 0, but got {state['epoch']}.")
-        self.epoch, self.seed = state["epoch"], state["seed"]
 
 
 def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = _PAD) -> torch.Tensor:

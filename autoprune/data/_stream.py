@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import DataError
-from ._loader import _PAD, _channel_stat, _is_int, crop_flip
+from ._loader import SeededEpochs, _channel_stat, _is_int, crop_flip
 from ._sources import ImageSource
 from ._transforms import Transforms
 
@@ -95,7 +95,7 @@ class _Keys(torch.utils.data.Sampler):
         return len(self.keys)
 
 
-class StreamLoader:
+class StreamLoader(SeededEpochs):
     """Batches of ``source`` transformed per sample by worker processes; :class:`DeviceLoader`'s interface.
 
     Args:
@@ -160,28 +160,12 @@ class StreamLoader:
         self.timings = {"wait": 0.0, "decode": 0.0}
 
     @property
-    def num_samples(self) -> int:
-        return len(self.labels)
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
-
-    @property
     def pad_crop(self) -> bool:
         return self.augment and self.transforms.train == "pad-crop"
 
-    def epoch_draws(self, epoch: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """``(order, offsets, flips)`` of ``epoch``, drawn as :meth:`DeviceLoader.epoch_draws` draws them;
-        offsets and flips only for pad-and-crop (a random-resized-crop draws per sample, in the workers)."""
-        generator = torch.Generator().manual_seed(self.seed + epoch)
-        order = torch.randperm(self.num_samples, generator=generator) if self.shuffle else None
-        if not self.pad_crop:
-            return order, None, None
-        offsets = torch.randint(0, 2 * _PAD + 1, (self.num_samples, 2), generator=generator)
-        flips = torch.randint(0, 2, (self.num_samples,), generator=generator, dtype=torch.bool)
-        return order, offsets, flips
+    @property
+    def _crops(self) -> bool:  # offsets and flips only for pad-and-crop: a random-resized-crop draws in the workers
+        return self.pad_crop
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self.epoch
@@ -233,15 +217,3 @@ class StreamLoader:
             if name not in self.skipped:
                 warnings.warn(f"Skipped an unreadable image ({len(self.skipped) + 1} so far): {error}", stacklevel=4)
             self.skipped[name] = error
-
-    def state_dict(self) -> dict[str, Any]:
-        """The epoch counter and seed: all a resumed run needs to draw the same batches."""
-        return {"epoch": self.epoch, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("epoch", "seed"):
-            if not _is_int(state.get(key)):
-                raise ValueError(f"state[{key!r}] must be an integer, but got {state.get(key)!r}.")
-        if state["epoch"] < 0:
-            raise ValueError(f"state['epoch'] must be at least 0, but got {state['epoch']}.")
-        self.epoch, self.seed = state["epoch"], state["seed"]
