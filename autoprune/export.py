@@ -3,7 +3,8 @@
 Formats:
 
 - ``onnx``: ``torch.onnx.export(..., dynamo=True)``, the exporter built on ``torch.export``; run it with
-  ONNX Runtime (``onnxruntime.InferenceSession(path)``, input ``input``, output ``output``). Why this
+  ONNX Runtime (``onnxruntime.InferenceSession(path)``, input ``input``, output ``output``, or
+  ``output_0``, ``output_1``, ... for a model with several outputs). Why this
   exporter and not the TorchScript one (``dynamo=False``): with torch 2.13 both export every model of the
   zoo, pruned, to within 1e-6 of PyTorch, but the TorchScript exporter is deprecated (it warns that it
   will be removed), while the dynamo exporter is torch's default and captures the graph the same way as
@@ -13,6 +14,11 @@ Formats:
   refused up front). The file is written with its weights inside (``external_data=False``): one file.
 - ``pt2``: ``torch.export.export`` + ``torch.export.save``; load with ``torch.export.load(path).module()``.
   Needs torch only.
+
+The file computes every tensor the model's own forward returns (a detector's class and box heads: a
+tuple, list or dict of tensors, flattened in that order), not only the logits autoprune judges by
+(``--output`` selects those for search and evaluation, not for deployment); an output object they cannot
+be read from (one with ``.logits``) exports its logits.
 
 Every export checks itself before the file takes its name: the written file is loaded back (ONNX
 Runtime, ``torch.export.load``) and run on seeded random inputs beside the model in PyTorch; a largest
@@ -35,11 +41,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
 from ._io import atomic_path, output_error
 from .checkpoints import load_pruned
 from .errors import DependencyNotInstalled, ExportError, OutputError, unknown_name
-from .models import ModelSpec
+from .models import ModelSpec, every_output
 from .policy import Policy
 
 __all__ = ["FORMATS", "MIN_OPSET", "DEFAULT_RTOL", "ExportResult", "export_model", "export_pruned",
@@ -149,7 +156,8 @@ def export_model(model: nn.Module, example: torch.Tensor, path: str | os.PathLik
     format = _check(path, format, opset, rtol, overwrite)
     if example.dim() < 1 or example.shape[0] < 1:
         raise ExportError(f"example must be a batch of at least one input, but got shape {tuple(example.shape)}.")
-    model = copy.deepcopy(model).cpu().eval()
+    with every_output(model):  # deploy every output the model returns, not only the logits autoprune judges by
+        model = copy.deepcopy(model).cpu().eval()
     dtype = next(model.parameters()).dtype
     example = example.detach().to("cpu", dtype)
     batch = example.shape[0]
@@ -159,18 +167,19 @@ def export_model(model: nn.Module, example: torch.Tensor, path: str | os.PathLik
     generator = torch.Generator().manual_seed(seed)
     inputs = [torch.randn(b, *example.shape[1:], generator=generator, dtype=dtype) for b in checked]
     with torch.no_grad():
-        expected = [_one_tensor(model(x)) for x in inputs]
+        expected = [_tensors(model(x)) for x in inputs]
     with atomic_path(path) as tmp:
         if format == "onnx":
-            opset_written = _write_onnx(model, example, tmp, dynamic_batch, opset)
+            opset_written = _write_onnx(model, example, tmp, dynamic_batch, opset, len(expected[0]))
             run, runtime = _onnx_runner(tmp)
         else:
             opset_written = None
             _write_pt2(model, example, tmp, dynamic_batch)
             run, runtime = _pt2_runner(tmp)
         with _exporting(f"{format} file's loading and running"):
-            diff = max(float(np.abs(run(x) - y.numpy()).max()) for x, y in zip(inputs, expected))
-        scale = max(float(y.abs().max()) for y in expected)
+            got = [run(x) for x in inputs]
+        diff = max(_max_diff(g, e) for g, e in zip(got, expected))
+        scale = max(float(y.abs().max()) for ys in expected for y in ys)
         result = ExportResult(path, format, tmp.stat().st_size, None if dynamic_batch else batch, checked,
                               diff, scale, rtol, runtime, opset_written)
         if not result.relative_diff <= rtol:  # also catches NaN
@@ -205,10 +214,21 @@ def export_pruned(checkpoint: str | os.PathLike[str], path: str | os.PathLike[st
     return result, policy
 
 
-def _one_tensor(out: object) -> torch.Tensor:
-    if not isinstance(out, torch.Tensor):
-        raise ExportError(f"Export supports models with one tensor output; this one returns {type(out).__name__}.")
-    return out
+def _tensors(out: object) -> list[torch.Tensor]:
+    """The tensors a model returns, in the order the exporters flatten them (torch's pytree order)."""
+    leaves, _ = tree_flatten(out)
+    if not leaves or not all(isinstance(t, torch.Tensor) for t in leaves):
+        raise ExportError(f"Export supports models that return tensors (one, or a tuple, list or dict of them); "
+                          f"this one returns a {type(out).__name__}"
+                          f"{' holding ' + ', '.join(sorted({type(t).__name__ for t in leaves})) if leaves else ''}.")
+    return leaves
+
+
+def _max_diff(got: list[np.ndarray], expected: list[torch.Tensor]) -> float:
+    """Largest difference over every output (inf when the file returns other outputs or shapes)."""
+    if [tuple(g.shape) for g in got] != [tuple(e.shape) for e in expected]:
+        return float("inf")
+    return max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
 
 
 @contextlib.contextmanager
@@ -247,13 +267,15 @@ def _dynamic(dynamic_batch: bool) -> tuple[dict[int, object], ...] | None:
     return ({0: torch.export.Dim("batch")},) if dynamic_batch else None
 
 
-def _write_onnx(model: nn.Module, example: torch.Tensor, tmp: Path, dynamic_batch: bool, opset: int | None) -> int:
+def _write_onnx(model: nn.Module, example: torch.Tensor, tmp: Path, dynamic_batch: bool, opset: int | None,
+                outputs: int) -> int:
     """Write the ONNX file; return the opset it holds (refusing a file of another opset than asked for)."""
     import onnx
 
+    names = ["output"] if outputs == 1 else [f"output_{i}" for i in range(outputs)]
     with _exporting("ONNX exporter"):
         torch.onnx.export(model, (example,), str(tmp), dynamo=True, external_data=False, verbose=False,
-                          input_names=["input"], output_names=["output"], opset_version=opset,
+                          input_names=["input"], output_names=names, opset_version=opset,
                           dynamic_shapes=_dynamic(dynamic_batch))
         written = next(o.version for o in onnx.load(str(tmp), load_external_data=False).opset_import
                        if o.domain in ("", "ai.onnx"))
@@ -272,20 +294,20 @@ def _write_pt2(model: nn.Module, example: torch.Tensor, tmp: Path, dynamic_batch
     tmp.write_bytes(buffer.getbuffer())
 
 
-def _onnx_runner(tmp: Path) -> tuple[Callable[[torch.Tensor], np.ndarray], str]:
+def _onnx_runner(tmp: Path) -> tuple[Callable[[torch.Tensor], list[np.ndarray]], str]:
     import onnxruntime
 
     with _exporting("ONNX file's loading"):
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return (lambda x: session.run(None, {name: x.numpy()})[0]), f"onnxruntime {onnxruntime.__version__}"
+    return (lambda x: session.run(None, {name: x.numpy()})), f"onnxruntime {onnxruntime.__version__}"
 
 
-def _pt2_runner(tmp: Path) -> tuple[Callable[[torch.Tensor], np.ndarray], str]:
+def _pt2_runner(tmp: Path) -> tuple[Callable[[torch.Tensor], list[np.ndarray]], str]:
     with _exporting("pt2 file's loading"):
         module = torch.export.load(str(tmp)).module()
 
-    def run(x: torch.Tensor) -> np.ndarray:
+    def run(x: torch.Tensor) -> list[np.ndarray]:
         with torch.no_grad():
-            return module(x).numpy()
+            return [t.numpy() for t in tree_flatten(module(x))[0]]
     return run, "torch.export.load"

@@ -146,7 +146,7 @@ def test_an_export_that_does_not_reproduce_pytorch_is_an_error_and_leaves_nothin
 
     def off_by_a_little(tmp):
         run, runtime = real(tmp)
-        return (lambda x: run(x) + 1e-2), runtime
+        return (lambda x: [y + 1e-2 for y in run(x)]), runtime
 
     monkeypatch.setattr(export, "_pt2_runner", off_by_a_little)
     with pytest.raises(ExportError, match=r"does not reproduce PyTorch: max abs diff 0\.01 .* was not written"):
@@ -267,3 +267,46 @@ def test_a_users_pruned_model_exports_with_its_spec(tmp_path):
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(torch.export.load(str(tmp_path / "m.pt2")).module()(x), small(x))
     assert result.relative_diff <= 1e-4 and result.batch == 2
+
+
+@needs_onnx
+def test_a_model_with_two_heads_exports_both_outputs(tmp_path):
+    """The deployed file returns what the model returns (class logits and boxes), not only the logits autoprune
+    judges by."""
+    import onnxruntime
+
+    from autoprune.models import ModelSpec, build, every_output
+
+    spec = ModelSpec(f"{Path(__file__).with_name('model_zoo.py')}:TwoHeadNet", input_size=(3, 16, 16))
+    torch.manual_seed(0)
+    policy, small = prune(randomise_norms(build(spec).eval()), spec, 0.5)
+    save_pruned(tmp_path / "model.pt", small, policy)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad(), every_output(small):
+        logits, boxes = small(x)
+    assert logits.shape == (2, 10) and boxes.shape == (2, 4, 8, 8)
+
+    export_pruned(tmp_path / "model.pt", tmp_path / "m.onnx", model=spec, batch=2)
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["output_0", "output_1"]
+    for got, ref in zip(session.run(None, {"input": x.numpy()}), (logits, boxes)):
+        np.testing.assert_allclose(got, ref.numpy(), rtol=1e-4, atol=1e-5)
+
+    export_pruned(tmp_path / "model.pt", tmp_path / "m.pt2", model=spec, batch=2)
+    with torch.no_grad():
+        got = torch.export.load(str(tmp_path / "m.pt2")).module()(x)
+    torch.testing.assert_close(tuple(got), (logits, boxes))
+
+
+def test_an_output_that_is_not_tensors_is_a_clear_error(tmp_path):
+    class Named(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+            return self.conv(x), "boxes"
+
+    with pytest.raises(ExportError, match="return tensors.*returns a tuple holding Tensor, str"):
+        export_model(Named(), torch.zeros(1, 3, 8, 8), tmp_path / "m.pt2")
+    assert list(tmp_path.iterdir()) == []

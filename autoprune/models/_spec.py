@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
 from ..errors import ModelError, PolicyError
 from ._registry import IMAGENET_MEAN, IMAGENET_STD, _DEFAULT_NUM_CLASSES, create as create_zoo, get_model_info
@@ -318,6 +319,37 @@ def _detach_output(model: nn.Module) -> None:
     for key, hook in list(model._forward_hooks.items()):
         if isinstance(hook, _SelectOutput):
             del model._forward_hooks[key]
+
+
+def every_tensor(out: Any, selector: str | int | None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """All tensors in a model's output (a tuple, list or dict of them, in pytree order), or, for an output
+    they cannot be read from (an object with ``.logits``), the logits ``selector`` picks."""
+    leaves = tree_flatten(out)[0]
+    if leaves and all(isinstance(t, torch.Tensor) for t in leaves):
+        return leaves[0] if len(leaves) == 1 else tuple(leaves)
+    return select_output(out, selector)
+
+
+class _EveryTensor(_SelectOutput):
+    def __call__(self, _module: nn.Module, _args: Any, out: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return every_tensor(out, self.selector)
+
+
+@contextmanager
+def every_output(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` returning every tensor of its output (every head), not only the logits ``--output`` selects,
+    inside the block.
+
+    The trace must see every output, or a head's channels would be cut without its layers (and an output's
+    own channels are kept: its shape is the user's interface); a deployed file returns them all.
+    """
+    selectors = {k: h for k, h in model._forward_hooks.items() if type(h) is _SelectOutput}
+    for key, hook in selectors.items():
+        model._forward_hooks[key] = _EveryTensor(hook.selector)
+    try:
+        yield model
+    finally:
+        model._forward_hooks.update(selectors)
 
 
 # -- resolving against the built model ---------------------------------------------------
