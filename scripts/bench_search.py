@@ -18,6 +18,9 @@ Cells:
                compared with the cacp cell per target (goal: within 1 point).
   fidelity     tpe with multi-fidelity screening against tpe without (the agents cell).
   workers      --workers 2 against serial on a short random study: trials per minute.
+  criteria     the uniform policy at 0.3/0.5/0.7 with each channel criterion (l1 scores a
+               group's producing filters; group-* score every layer the group couples, as
+               Torch-Pruning's group importance does): which one the default should be.
 Below the agents table: the time split of the default search's episodes
 (apply, BN recalibration, evaluation, and the rest: agent updates and bookkeeping).
 Timings swing from run to run on shared machines; read ratios, not seconds.
@@ -39,7 +42,8 @@ from autoprune.search import load_preset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 AGENTS = ("cacp", "ddpg", "tpe", "random", "cmaes", "qmc")
-CELLS = ("agents", "conditional", "fidelity", "workers")
+CELLS = ("agents", "conditional", "fidelity", "workers", "criteria")
+CRITERIA = ("l1", "group-l1", "group-l2", "group-bn-gamma")
 
 
 def run_cell(name: str, args: argparse.Namespace, *, agent: str, targets: tuple[float, ...] = (0.5,),
@@ -157,6 +161,20 @@ def workers(args: argparse.Namespace) -> None:
     print(f"\n--workers on this machine ({args.worker_trials} random trials):")
     print(format_table(["workers", "trials", "search s", "trials/min"], rows))
     print(f"speed-up of 2 workers over serial: {speedup:.2f}x")
+
+
+def criteria(args: argparse.Namespace) -> None:
+    targets = load_preset("cacp").targets
+    rows, mean = [], {}
+    for criterion in CRITERIA:
+        preset = _preset(args, "uniform", criterion=criterion)
+        r = run_cell(f"uniform-{criterion}", args, agent=preset, targets=targets)
+        cells = [r["targets"][f"{t:g}"] for t in targets]
+        mean[criterion] = sum(c["holdout"] for c in cells) / len(cells)
+        rows.append((criterion, *(f"{_pct(c['holdout'])} / {_pct(c['test'])}" for c in cells), _pct(mean[criterion])))
+    print("\nthe uniform policy with each channel criterion (BN-recalibrated; holdout / test %, test measured once):")
+    print(format_table(["criterion", *(f"{t:g} of the MACs" for t in targets), "mean holdout %"], rows))
+    print(f"best by holdout: {max(mean, key=mean.get)}")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, results: str) -> None:
