@@ -33,7 +33,7 @@ from ._cache import base_key, cache_path, load_entry, save_entry
 from ._runtimes import device_name, runtime_for
 from ._settings import LatencySettings
 from ._table import CompiledTable, UnitTable
-from ._timer import Measurement, time_interleaved
+from ._timer import Measurement, fixed_threads, time_interleaved
 from ._units import Unit, capture_inputs, configurations, find_units, pruned_model
 
 __all__ = ["LatencyModel", "Timer", "build_latency_model", "measure_latency"]
@@ -153,7 +153,8 @@ def build_latency_model(space: PrunableSpace, settings: LatencySettings, *,
     model = load_entry(path, key, lambda e: LatencyModel(space, settings, e, path=path, from_cache=True, timer=timer))
     if model is not None:
         return model
-    entry = _measure(space, settings, key, timer, progress, grid, calibration)
+    with fixed_threads(settings.threads):  # the pruned models' forwards too: fewer threads than cores on a busy machine
+        entry = _measure(space, settings, key, timer, progress, grid, calibration)
     save_entry(path, entry)
     return LatencyModel(space, settings, entry, path=path, timer=timer)
 
