@@ -94,15 +94,21 @@ class LatencyModel:
         if k.shape != self._channels.shape:
             raise AutopruneError(f"Expected {len(self._channels)} kept counts for space {self.space.name!r}, "
                                  f"but got shape {k.shape}.")
-        return self._table(np.clip(k.astype(np.int64, copy=False), 0, self._channels))
+        # counts beyond a group's range would read the next group's entries: clamp (np.minimum: 3 us, np.clip: 20)
+        return self._table(np.maximum(np.minimum(k.astype(np.int64, copy=False), self._channels), 0))
 
     def __call__(self, counts: np.ndarray) -> float:
         """Predicted seconds per batch when searchable group ``j`` keeps ``counts[j]`` channels."""
         return self.scale * self.table(counts) + self.offset
 
+    def pruned(self, counts: np.ndarray) -> nn.Module:
+        """The space's model pruned to ``counts`` (the last channels of each group go: which ones does not change
+        the latency), as :meth:`measure` times it."""
+        return pruned_model(self.space, np.asarray(counts, dtype=np.int64))
+
     def measure(self, counts: np.ndarray) -> Measurement:
         """Build the model pruned to ``counts`` and time it end to end (with the model's timer, if it has one)."""
-        pruned = pruned_model(self.space, np.asarray(counts, dtype=np.int64))
+        pruned = self.pruned(counts)
         example = _batched(_example(self.space), self.settings.batch)
         if self.timer is not None:
             return self.timer(pruned, (example,), self.settings)
