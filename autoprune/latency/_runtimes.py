@@ -133,7 +133,8 @@ class OnnxRuntime:
         options.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
         session = self.ort.InferenceSession(buffer.getvalue(), options, providers=self.providers)
-        feed = {i.name: np.ascontiguousarray(x.numpy()) for i, x in zip(session.get_inputs(), xs)}
+        used = {i.name for i in session.get_inputs()}  # the exporter drops inputs the graph does not read
+        feed = {name: np.ascontiguousarray(x.numpy()) for name, x in zip(names, xs) if name in used}
         run = functools.partial(session.run, None, feed)
         return Runner(run)
 
