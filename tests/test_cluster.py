@@ -151,7 +151,8 @@ def test_one_optuna_study_fed_from_both_nodes(cluster, tiny, tmp_path, deadline)
                      str(tiny / "data"), "--agent", "tpe", "--target-flops", "0.5", "--episodes", "6", "--holdout",
                      "20", "--reward-samples", "10", "--recal-batches", "1", "--device", "cpu", "--no-report",
                      "--storage", storage, "--study-name", "s", "--out", str(tmp_path / name), *ray]) == 0
-        return optuna.load_study(study_name="s", storage=storage).get_trials(deepcopy=False)
+        assert optuna.get_all_study_names(storage) == ["s-t0.5"]  # one study (per target), in the given storage
+        return optuna.load_study(study_name="s-t0.5", storage=storage).get_trials(deepcopy=False)
 
     on_ray = study("ray", "--ray", "--workers", "2", "--ray-address", cluster.address)
     alone = study("serial")
