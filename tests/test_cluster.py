@@ -142,8 +142,12 @@ def test_a_sweep_spreads_over_both_nodes_and_equals_a_serial_run(cluster, tiny, 
     assert_complete_once(out)
 
 
-def test_one_optuna_study_fed_from_both_nodes(cluster, tiny, tmp_path, deadline):
+def test_one_optuna_study_fed_from_both_nodes(cluster, tiny, tmp_path, deadline, monkeypatch):
     import optuna
+
+    # Tune starts a search algorithm's trials one at a time (1 pending): short episodes could all land on the node of
+    # the first reused worker; 2 pending start a worker on each node at once (README says so too)
+    monkeypatch.setenv("TUNE_MAX_PENDING_TRIALS_PG", "2")
 
     def study(name: str, *ray: str) -> list[optuna.trial.FrozenTrial]:
         storage = f"sqlite:///{tmp_path / name}.db"
@@ -185,8 +189,10 @@ def test_a_killed_driver_is_resumed_without_recomputing(cluster, tiny, tmp_path,
 
 
 def test_a_node_with_another_autoprune_or_without_the_data_is_refused_at_once(cluster, tiny, tmp_path, capsys,
-                                                                              deadline):
+                                                                              deadline, monkeypatch):
     import autoprune
+
+    monkeypatch.chdir(tmp_path)  # Ray puts the driver's folder first on every worker's sys.path: not the checkout
 
     if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
         pytest.skip("a node that cannot see a path needs its own mount namespace (unshare -m, as root)")
