@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -157,34 +158,43 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def reports(experiment: Path, trial: str) -> list[dict]:
-    """What a Tune trial reported so far (every attempt), from its folder of the experiment."""
-    path = experiment / trial / "result.json"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+@dataclass(frozen=True)
+class Progress:
+    """How far a sweep cell's fine-tune is, from its own log (written by the trial on the shared filesystem at
+    once; Tune's result.json reaches the experiment folder only when the driver syncs it)."""
+
+    pid: int | None  # the process of its latest attempt
+    epochs: int  # epoch lines logged (epoch 0 is the evaluation before training)
+    done: bool
+
+
+def progress(sweep: Path, cell: str) -> Progress:
+    """The fine-tune progress of ``cell`` of the sweep in ``sweep``."""
+    path = sweep / cell / "finetune" / "log.txt"
+    text = path.read_text() if path.is_file() else ""
+    pids = re.findall(r"\(pid (\d+) on ", text)
+    return Progress(int(pids[-1]) if pids else None, len(re.findall(r" epoch \d+:", text)), " done: " in text)
 
 
 class NodeKiller(threading.Thread):
-    """Stops ``node`` (every process of it) as soon as a trial running there has reported a result that is not its
-    last (a fine-tune epoch, with more to come): a node lost in the middle of a trial.
+    """Stops ``node`` (every process of it) as soon as a sweep cell running there has finished a fine-tune epoch
+    with more to come: a node lost in the middle of a trial.
 
-    ``victim`` is that trial's name once it happened; :meth:`cancel` ends the watch.
+    ``victim`` is that cell's name once it happened; :meth:`cancel` ends the watch.
     """
 
-    def __init__(self, cluster: LocalCluster, node: Node, node_id: str, experiment: Path, trials: Sequence[str]) -> None:
+    def __init__(self, cluster: LocalCluster, node: Node, sweep: Path, cells: Sequence[str]) -> None:
         super().__init__(daemon=True)
-        self.cluster, self.node, self.node_id, self.experiment, self.trials = cluster, node, node_id, experiment, trials
+        self.cluster, self.node, self.sweep, self.cells = cluster, node, sweep, cells
         self.victim: str | None = None
-        self.killed_at: float | None = None
         self._cancelled = threading.Event()
 
     def run(self) -> None:
         while not self._cancelled.is_set():
-            for trial in self.trials:
-                seen = reports(self.experiment, trial)
-                if seen and seen[-1].get("node") == self.node_id and not seen[-1].get("final"):
-                    self.victim, self.killed_at = trial, time.monotonic()
+            for cell in self.cells:
+                now = progress(self.sweep, cell)
+                if now.epochs >= 2 and not now.done and now.pid in self.cluster.pids(self.node):
+                    self.victim = cell
                     self.cluster.stop(self.node)
                     return
             self._cancelled.wait(0.05)

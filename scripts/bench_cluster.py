@@ -117,13 +117,12 @@ def main() -> None:
             times["one node"].append(run_sweep(cluster, data, out, args))
             runs["one node"] = out
             worker = cluster.add_worker(f"worker{r}")
-            ids = cluster.node_ids()
             out = root / f"two-{r}"
             times["two nodes"].append(run_sweep(cluster, data, out, args))
             runs["two nodes"] = out
             assert len({rows(out)[c]["node"] for c in CELLS}) == 2, "the two-node sweep used one node"
             out = root / f"lost-{r}"
-            killer = NodeKiller(cluster, worker, ids[worker.name], out / "tune", CELLS)
+            killer = NodeKiller(cluster, worker, out, CELLS)
             times["two nodes, one lost"].append(run_sweep(cluster, data, out, args, killer))
             runs["two nodes, one lost"] = out
             if killer.victim is None:

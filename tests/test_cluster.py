@@ -25,7 +25,7 @@ import torch
 from autoprune.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _ray_nodes import LocalCluster, NodeKiller, free_port, reports  # noqa: E402
+from _ray_nodes import LocalCluster, NodeKiller, free_port, progress  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -173,10 +173,10 @@ def test_a_killed_driver_is_resumed_without_recomputing(cluster, tiny, tmp_path,
     driver = subprocess.Popen([*command, *sweep_args(tiny, out, "--ray-address", cluster.address)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while not any(r.get("final") for c in CELLS for r in reports(out / "tune", c)):
+        while not any(progress(out, c).done for c in CELLS):
             assert driver.poll() is None, "the sweep ended before the test could kill it"
-            time.sleep(0.2)
-        finished = {c for c in CELLS if any(r.get("final") for r in reports(out / "tune", c))}
+            time.sleep(0.1)
+        finished = {c for c in CELLS if progress(out, c).done}
         assert finished != set(CELLS), "every cell finished before the driver was killed"
     finally:
         driver.kill()
@@ -224,7 +224,7 @@ def test_a_node_with_another_autoprune_or_without_the_data_is_refused_at_once(cl
 def test_a_worker_node_lost_mid_sweep_is_retried_on_the_other(cluster, tiny, tmp_path, serial, deadline):
     out = tmp_path / "sweep"
     worker = next(n for n in cluster.nodes if n.name == "worker")
-    killer = NodeKiller(cluster, worker, cluster.ids["worker"], out / "tune", CELLS)
+    killer = NodeKiller(cluster, worker, out, CELLS)
     killer.start()
     try:
         assert main(sweep_args(tiny, out, "--ray-address", cluster.address, "--max-failures", "2")) == 0
