@@ -116,7 +116,7 @@ def serial(cluster, tiny, tmp_path_factory):
     return out
 
 
-def test_wrong_address_and_resources_no_node_has_fail_clearly(cluster, tiny, tmp_path, capsys, deadline):
+def test_wrong_address_token_and_resources_no_node_has_fail_clearly(cluster, tiny, tmp_path, capsys, deadline):
     port = free_port()
     start = time.perf_counter()
     assert main(sweep_args(tiny, tmp_path / "a", "--ray-address", f"127.0.0.1:{port}")) == 2
@@ -131,6 +131,13 @@ def test_wrong_address_and_resources_no_node_has_fail_clearly(cluster, tiny, tmp
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
         assert not (tmp_path / "b").exists()  # nothing started: nothing left to resume
+    (tmp_path / "wrong").write_text("0" * 64)  # a driver with another token than the cluster's
+    done = subprocess.run([sys.executable, "-c", "import sys; from autoprune.cli import main; sys.exit(main())",
+                           *sweep_args(tiny, tmp_path / "c", "--ray-address", cluster.address)],
+                          env={**os.environ, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "wrong")}, capture_output=True,
+                          text=True, timeout=120)
+    refused = f"The Ray cluster at {cluster.address} refused this process's token (InvalidAuthToken)"
+    assert done.returncode == 2 and refused in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
 
 
 def test_a_sweep_spreads_over_both_nodes_and_equals_a_serial_run(cluster, tiny, tmp_path, serial, deadline):

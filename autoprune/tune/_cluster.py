@@ -125,6 +125,11 @@ def connect(options: RayOptions) -> bool:
             ray.init(address=options.address)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"the Ray cluster at {options.address}" if options.address else "a local Ray"
+        if any("InvalidAuthToken" in str(cause) for cause in (e, e.__cause__, e.__context__)):
+            raise AutopruneError(f"{where[0].upper()}{where[1:]} refused this process's token (InvalidAuthToken): its "
+                                 "head runs with Ray's token authentication. Give this command the cluster's token: "
+                                 "RAY_AUTH_MODE=token, and RAY_AUTH_TOKEN_PATH=its token file or the token in "
+                                 "~/.ray/auth_token.") from e
         raise AutopruneError(f"Could not start or join {where}: {str(e).splitlines()[0]}") from e
     return True
 
