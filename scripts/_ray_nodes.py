@@ -65,6 +65,7 @@ class LocalCluster:
         self.pythonpath = os.environ.get("PYTHONPATH", "") if pythonpath is None else pythonpath
         self.port = free_port()
         self.nodes: list[Node] = []
+        self.ids: dict[str, str] = {}  # node name -> Ray node id, as :meth:`node_ids` last read them
         root.mkdir(parents=True, exist_ok=True)
         self.token = root / "token"
         self.token.write_text(secrets.token_hex(32))
@@ -109,8 +110,9 @@ class LocalCluster:
         done = subprocess.run([sys.executable, "-c", probe % self.address], env={**os.environ, **self.env()},
                               capture_output=True, text=True, timeout=self.timeout, check=True)
         found = json.loads(done.stdout.strip().splitlines()[-1])
-        return {node.name: nid for node in self.nodes for nid, socket_name in found
-                if socket_name.startswith(str(node.temp_dir) + os.sep)}
+        self.ids = {node.name: nid for node in self.nodes for nid, socket_name in found
+                    if socket_name.startswith(str(node.temp_dir) + os.sep)}
+        return self.ids
 
     def pids(self, node: Node) -> list[int]:
         """The processes that carry ``node``'s tag: everything its ``ray start`` started, Ray workers included."""
