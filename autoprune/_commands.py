@@ -23,6 +23,7 @@ from .pruning import apply, parse_target, space_for
 
 if TYPE_CHECKING:
     from .training import TrainResult
+    from .tune import RayOptions
 
 
 _SPEC_OPTIONS = ("model_arg", "input_size", "num_classes", "mean", "std", "output", "ignore")
@@ -389,11 +390,21 @@ def _resume_training(args: argparse.Namespace) -> int:
     return _print_run(train(config, args.resume, resume=True, progress=progress))
 
 
+def _ray_options(args: argparse.Namespace) -> RayOptions:
+    """The Ray Tune flags of finetune --ray and sweep, as RayOptions."""
+    from .tune import RayOptions
+
+    return RayOptions(address=args.ray_address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                      max_failures=args.max_failures, asha=args.asha, asha_grace=args.asha_grace,
+                      max_concurrent=args.max_concurrent)
+
+
 def run_finetune(args: argparse.Namespace) -> int:
     from .training import make_config, read_experiment, train
 
     ray_only = [flag for flag, given in (("--ray-address", args.ray_address), ("--asha", args.asha),
-                                         ("--gpus-per-trial", args.gpus_per_trial is not None)) if given]
+                                         ("--gpus-per-trial", args.gpus_per_trial is not None),
+                                         ("--max-concurrent", args.max_concurrent is not None)) if given]
     if args.resume:
         if read_experiment(args.resume) is not None:
             from .training import resume_experiment
@@ -414,11 +425,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         raise AutopruneError(f"{', '.join(ray_only)} only apply with --ray.")
     if args.ray:
         from .training import finetune_on_ray
-        from .tune import RayOptions, outcomes_table
+        from .tune import outcomes_table
 
-        options = RayOptions(address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
-                             gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures, asha=args.asha,
-                             asha_grace=args.asha_grace)
+        options = _ray_options(args)
         out = Path(args.out) if args.out else _default_out("finetune")
         outcomes = finetune_on_ray(args.policy, args.data_dir, out, options, preset=args.preset,
                                    overwrite=args.overwrite, device=args.device, **_train_kwargs(args))
@@ -454,11 +463,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_sweep(args: argparse.Namespace) -> int:
     from .sweep import SweepConfig, sweep, table
-    from .tune import RayOptions
 
-    options = RayOptions(address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
-                         gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures, asha=args.asha,
-                         asha_grace=args.asha_grace)
+    options = _ray_options(args)
     if args.resume:
         outcomes = sweep(None, args.resume, options, resume=True)
         out = Path(args.resume)
@@ -474,6 +480,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                              checkpoint=args.checkpoint, episodes=args.episodes, finetune_epochs=args.finetune_epochs,
                              preset=args.preset, seed=args.seed,
                              search={"dataset": args.dataset, "holdout": args.holdout, "device": args.device,
+                                     "reward_samples": args.reward_samples, "recal_batches": args.recal_batches,
                                      **named, **_data_options(args)},
                              train={"dataset": args.dataset, "holdout": args.holdout, **named, **_data_options(args)})
         out = Path(args.out) if args.out else _default_out(f"{_label(spec)}-sweep")

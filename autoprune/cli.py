@@ -301,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agents", nargs="+", default=["cacp", "tpe", "uniform"],
                    help="agent presets, as for search --agent (default: cacp tpe uniform)")
     p.add_argument("--episodes", type=int, help="search episodes per target (default: each preset's)")
+    p.add_argument("--reward-samples", type=int, default=1000,
+                   help="holdout images that score a search episode, as for search (default 1000; fewer than --holdout)")
+    p.add_argument("--recal-batches", type=int, default=10,
+                   help="batches of 100 training images for BN recalibration in the search, as for search (default 10)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tune epochs (default: the training preset's)")
     p.add_argument("--preset", default="auto",
                    help="training preset: auto (cifar where trials get a GPU, else cpu), cifar, cpu, or a YAML file")
@@ -347,6 +351,7 @@ def _add_trial_resources(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--asha", action="store_true", help="stop trials whose holdout accuracy lags (ASHA, per epoch)")
     g.add_argument("--asha-grace", type=int, help="epochs before ASHA may stop a trial (default: a tenth of them)")
     g.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial, each from its last epoch (default 2)")
+    g.add_argument("--max-concurrent", type=int, help="trials at a time (default: as many as the cluster's resources hold)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,8 @@
 A retried cell continues from its own run directories: a finished search is
 not repeated, an unfinished one resumes from its last checkpoint, and the
 fine-tune from its last epoch. On a multi-node cluster OUT must be on a
-filesystem every node sees.
+filesystem every node sees (checked on every node before the first cell, and
+by each cell where it lands); results.csv names the node each cell finished on.
 
 This module owns the cells, their trainable and the plot; the experiment's
 lifecycle (the folder, Ray, the Tune run, results.csv) is
@@ -27,7 +28,7 @@ from typing import Any
 
 from ._table import format_table
 from .errors import AutopruneError
-from .tune import ExperimentDir, RayOptions, TrialOutcome, run_experiment
+from .tune import ExperimentDir, RayOptions, TrialOutcome, node_id, require_paths, run_experiment
 
 __all__ = ["SweepConfig", "sweep", "sweep_trial", "table"]
 
@@ -95,6 +96,7 @@ def sweep_trial(config: dict[str, Any]) -> None:
     from .training import make_config, train
 
     cell = config["trial"]
+    require_paths(_paths(cell))
     torch.set_num_threads(max(1, int(cell["threads"])))
     out = Path(cell["run_dir"])
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +105,7 @@ def sweep_trial(config: dict[str, Any]) -> None:
     macs = loaded.macs_fraction
     weights = loaded.provenance.get("weights")  # a method that trained: its policy is cut from these weights
     checkpoint = str(policy.parent / weights) if weights else cell["checkpoint"]
-    settings = {"agent": cell["agent"], "target": cell["target"], "macs_fraction": macs}
+    settings = {"agent": cell["agent"], "target": cell["target"], "macs_fraction": macs, "node": node_id()}
     recipe = {"epochs": cell["epochs"]} if cell["epochs"] else None
     training = make_config("finetune", cell["data_dir"], policy=policy, checkpoint=checkpoint,
                            preset=cell["preset"], recipe=recipe, seed=cell["seed"], **cell["train"])
@@ -119,6 +121,12 @@ def sweep_trial(config: dict[str, Any]) -> None:
     if not any(finals):  # already complete before this attempt: report its result once more
         metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
         tune.report({**metrics, **settings, "final": True})
+
+
+def _paths(cell: dict[str, Any]) -> list[str]:
+    """What a cell reads and writes outside its node: the data, the checkpoint file, the sweep folder."""
+    return [cell["data_dir"], str(Path(cell["run_dir"]).parent),
+            *([] if cell["checkpoint"] == "pretrained" else [cell["checkpoint"]])]
 
 
 def _cells(config: SweepConfig, out: Path, options: RayOptions) -> dict[str, dict[str, Any]]:
@@ -151,8 +159,8 @@ def sweep(config: SweepConfig | None, out: str | os.PathLike[str], options: RayO
         return {"experiment": "sweep", "sweep": asdict(config), "cells": _cells(config, out, options)}
 
     outcomes = run_experiment(folder, trainable, options, key="cells", plan=plan,
-                              epochs=lambda cell: cell["epochs"] or 1,
-                              fields=("agent", "target", "macs_fraction", "epoch", "holdout_top1", "test_top1"))
+                              epochs=lambda cell: cell["epochs"] or 1, paths=_paths,
+                              fields=("agent", "target", "macs_fraction", "epoch", "holdout_top1", "test_top1", "node"))
     _plot(out / "sweep.png", outcomes)
     return outcomes
 

@@ -157,3 +157,17 @@ def test_four_trials_two_at_a_time_one_killed_and_retried(local_ray, tmp_path):
     assert [(o.name, o.status, o.metrics["test_top1"]) for o in again] == \
         [(o.name, o.status, o.metrics["test_top1"]) for o in outcomes]
     assert all((out / n / "log.txt").read_text().count("started") == 1 for n in names)
+
+
+def test_every_node_is_asked_for_its_autoprune_and_the_paths_before_any_trial(local_ray, tmp_path):
+    from autoprune.tune import check_nodes, node_id, require_paths
+
+    check_nodes([tmp_path])  # this machine's node: the same autoprune, the same files
+    missing = tmp_path / "not-here"
+    with pytest.raises(AutopruneError, match=f"Ray node {node_id()} .* cannot see {missing}. Every node needs the "
+                                             "data, the checkpoints and the output folder at the same paths"):
+        check_nodes([tmp_path, missing])
+    with pytest.raises(AutopruneError, match=f"Ray node {node_id()} .* cannot see {missing}: every node needs"):
+        require_paths([tmp_path, missing])  # what a trial checks where it lands
+    with pytest.raises(AutopruneError, match="--max-concurrent must be at least 1, but got 0"):
+        RayOptions(max_concurrent=0)

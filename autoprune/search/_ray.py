@@ -2,7 +2,8 @@
 
 The driver's OptunaSearch writes into the run's own study (same storage, same
 name), so a Ray run leaves the artefacts a serial one does and ``--resume``
-continues it either way. Each Ray worker builds its env once and reuses it
+continues it either way; each trial records the Ray node it ran on (user
+attribute "node"). Each Ray worker builds its env once and reuses it
 (``reuse_actors``). Multi-fidelity pruning does not apply here: a Tune trial
 is one evaluation. Starting, joining and stopping Ray and running the Tuner
 are :mod:`autoprune.tune`'s (:func:`ray_session`, :func:`run_trials` with a
@@ -17,7 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ..env import PruningEnv
-from ..tune import RayOptions, ray_session, run_trials
+from ..tune import RayOptions, check_nodes, node_id, ray_session, run_trials
 from ._config import SearchConfig
 from ._optuna import distributions, finished_trials, make_sampler, play
 from ._preset import Preset
@@ -41,7 +42,8 @@ def _episode(params: dict[str, float], search: dict[str, Any], target: float | N
     policy = info["policy"]
     tune.report({"reward": reward, "accuracy": float(info["accuracy"]), "macs_fraction": policy.macs_fraction,
                  "params_fraction": policy.params_fraction, "target": float(info["target"]),
-                 "counts": " ".join(str(int(c)) for c in info["counts"]), "cached": bool(info["cached"])})
+                 "counts": " ".join(str(int(c)) for c in info["counts"]), "cached": bool(info["cached"]),
+                 "node": node_id()})
 
 
 def run_ray(config: SearchConfig, preset: Preset, env: PruningEnv, study: Any, storage: Any, name: str, target: float | None,
@@ -56,6 +58,8 @@ def run_ray(config: SearchConfig, preset: Preset, env: PruningEnv, study: Any, s
     options = RayOptions(address=config.ray_address, cpus_per_trial=1, gpus_per_trial=gpus, max_failures=0,
                          max_concurrent=config.workers, verbose=0)
     with ray_session(options) as options:  # joins a cluster, or starts a local Ray (stopped when the study is done)
+        check_nodes([config.data_dir, tracker.run.path,
+                     *([] if config.checkpoint == "pretrained" else [config.checkpoint])])
         multi = preset.spec.one_study
         searcher = _searcher(space=distributions(env, preset),
                              metric=["accuracy", "macs_fraction"] if multi else "reward",
@@ -76,7 +80,7 @@ def _searcher(**kwargs: Any) -> Any:
             if result and "counts" in result and trial_id in self._ot_trials:
                 trial = self._ot_trials[trial_id]  # the open Optuna trial behind this Tune trial
                 trial.set_user_attr("counts", [int(c) for c in result["counts"].split()])
-                for key in ("accuracy", "target", "macs_fraction", "params_fraction", "cached"):
+                for key in ("accuracy", "target", "macs_fraction", "params_fraction", "cached", "node"):
                     trial.set_user_attr(key, result[key])
             super().on_trial_complete(trial_id, result, error)
 

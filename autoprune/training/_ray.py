@@ -27,7 +27,7 @@ from typing import Any
 from .._io import load_torch
 from .._run_dir import RunDir
 from ..errors import AutopruneError
-from ..tune import ExperimentDir, RayOptions, TrialOutcome, run_experiment
+from ..tune import ExperimentDir, RayOptions, TrialOutcome, node_id, require_paths, run_experiment
 from ._config import TrainConfig, make_config
 from ._run import EpochEnd, train
 
@@ -44,6 +44,7 @@ def finetune_trial(config: dict[str, Any], after_epoch: Callable[[int], None] | 
     from ray import tune
 
     trial = config["trial"]
+    require_paths(_paths(trial))
     torch.set_num_threads(max(1, int(trial.get("threads", 1))))
     state = None
     checkpoint = tune.get_checkpoint()
@@ -54,7 +55,7 @@ def finetune_trial(config: dict[str, Any], after_epoch: Callable[[int], None] | 
     def report(end: EpochEnd) -> None:
         metrics = {k: v for k, v in end.metrics.items() if isinstance(v, (int, float))}
         metrics.setdefault("macs_fraction", trial.get("macs_fraction"))
-        tune.report({**metrics, "epoch": end.epoch, "final": end.final},
+        tune.report({**metrics, "epoch": end.epoch, "final": end.final, "node": node_id()},
                     checkpoint=tune.Checkpoint.from_directory(str(end.checkpoints)))
         if after_epoch is not None:
             after_epoch(end.epoch)
@@ -112,7 +113,15 @@ def finetune_on_ray(policies: Sequence[str | os.PathLike[str]], data_dir: str | 
                   for name, (path, macs) in checked.items()}
         return {"experiment": "finetune", "trials": trials}
 
-    return run_experiment(folder, trainable, options, key="trials", plan=plan, epochs=_epochs)
+    return run_experiment(folder, trainable, options, key="trials", plan=plan, epochs=_epochs, paths=_paths)
+
+
+def _paths(trial: dict[str, Any]) -> list[str]:
+    """What a fine-tune reads and writes outside its node: its data, its policy and checkpoint files, the folder."""
+    train = trial["train"]
+    files = [train.get("policy"), train.get("checkpoint")]
+    return [train["data_dir"], str(Path(trial["run_dir"]).parent),
+            *(f for f in files if f and f != "pretrained")]
 
 
 def _epochs(trial: dict[str, Any]) -> int:
@@ -135,4 +144,4 @@ def resume_experiment(out: str | os.PathLike[str], address: str | None = None, *
     options = RayOptions(**folder.saved["ray"])
     if address is not None:
         options = replace(options, address=address)
-    return run_experiment(folder, trainable, options, key="trials", epochs=_epochs)
+    return run_experiment(folder, trainable, options, key="trials", epochs=_epochs, paths=_paths)

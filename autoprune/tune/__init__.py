@@ -6,7 +6,8 @@ and Optuna searches through Ray (``autoprune search --ray``) use it rather
 than Ray directly:
 
 - :func:`ray_session` (``_cluster``): start or join Ray for a block, decide the GPUs per trial, shut down a Ray it
-  started however the block ends.
+  started however the block ends; :func:`check_nodes` (every node's autoprune version and the paths it sees, before
+  any trial) and :func:`require_paths` (the same paths, inside a trial).
 - :func:`run_trials` (``_trials``): one Tune run of a grid of configs or of a search algorithm's samples, with
   resources checked, retries from the last checkpoint (``max_failures``), optional ASHA, ``Tuner.restore`` on resume;
   :class:`TrialOutcome` per trial, :func:`write_outcomes` as results.csv.
@@ -23,7 +24,18 @@ and have autoprune installed.
 Ray is imported inside the functions that need it.
 """
 
-from ._cluster import RayOptions, check_address, check_resources, connect, node_resources, ray_session, resolve_gpus
+from ._cluster import (
+    RayOptions,
+    check_address,
+    check_nodes,
+    check_resources,
+    connect,
+    node_id,
+    node_resources,
+    ray_session,
+    require_paths,
+    resolve_gpus,
+)
 from ._experiment import ExperimentDir, run_experiment
 from ._trials import (
     TrialOutcome,

@@ -6,23 +6,31 @@ this process is already connected, decides ``gpus_per_trial``, and shuts down
 a Ray it started when its block ends, also on an error or Ctrl-C; a
 connection made by someone else (a test fixture, a Ray worker running a
 sweep cell) is left alone. A cluster address is probed first, so a wrong one
-fails in seconds with the address in the message.
+fails in seconds with the address in the message. :func:`check_nodes` asks
+every node, before any trial, for its autoprune version and the paths the
+trials need; :func:`require_paths` repeats the path check inside a trial (a
+node that joined later), naming the node.
 
 Ray is imported inside the functions that need it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from ..errors import AutopruneError
 
-__all__ = ["RayOptions", "check_address", "check_resources", "connect", "node_resources", "ray_session",
-           "resolve_gpus"]
+__all__ = ["RayOptions", "check_address", "check_nodes", "check_resources", "connect", "node_id", "node_resources",
+           "ray_session", "require_paths", "resolve_gpus"]
+
+_SHARED = ("every node needs the data, the checkpoints and the output folder at the same paths (a shared "
+           "filesystem) and the same autoprune")
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,8 @@ class RayOptions:
             raise AutopruneError(f"--gpus-per-trial must be at least 0, but got {self.gpus_per_trial}.")
         if self.max_failures < 0:
             raise AutopruneError(f"--max-failures must be at least 0, but got {self.max_failures}.")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise AutopruneError(f"--max-concurrent must be at least 1, but got {self.max_concurrent}.")
         if self.asha_grace is not None and self.asha_grace < 1:
             raise AutopruneError(f"--asha-grace must be at least 1 epoch, but got {self.asha_grace}.")
 
@@ -115,6 +125,11 @@ def connect(options: RayOptions) -> bool:
             ray.init(address=options.address)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"the Ray cluster at {options.address}" if options.address else "a local Ray"
+        if any("InvalidAuthToken" in str(cause) for cause in (e, e.__cause__, e.__context__)):
+            raise AutopruneError(f"{where[0].upper()}{where[1:]} refused this process's token (InvalidAuthToken): its "
+                                 "head runs with Ray's token authentication. Give this command the cluster's token: "
+                                 "RAY_AUTH_MODE=token, and RAY_AUTH_TOKEN_PATH=its token file or the token in "
+                                 "~/.ray/auth_token.") from e
         raise AutopruneError(f"Could not start or join {where}: {str(e).splitlines()[0]}") from e
     return True
 
@@ -124,6 +139,70 @@ def node_resources() -> list[dict[str, float]]:
     import ray
 
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def node_id() -> str:
+    """The Ray id of the node this code runs on (results.csv records it per trial)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def require_paths(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """Fail at once, naming this node and the path, when this node cannot see one of ``paths`` (run in a trial)."""
+    missing = [str(p) for p in paths if not os.path.exists(p)]
+    if missing:
+        raise AutopruneError(f"Ray node {node_id()} ({socket.gethostname()}) cannot see {', '.join(missing)}: "
+                             f"{_SHARED}.")
+
+
+def check_nodes(paths: Iterable[str | os.PathLike[str]] = (), timeout: float = 120.0) -> None:
+    """Ask every live node of the connected cluster for its autoprune version and for ``paths``; refuse, naming each
+    node and what it lacks, a cluster where a node runs another autoprune (or none) or cannot see a path.
+
+    Run before any trial, so a sweep on a badly set-up cluster fails in seconds, not when its first trial lands on
+    the wrong node. The probe is a zero-CPU task pinned to each node, pickled by value (it imports nothing of this
+    module), so a node with another autoprune, or without it, still answers.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .._version import __version__
+
+    wanted = sorted({str(Path(p).resolve()) for p in paths})
+
+    def facts(paths: list[str]) -> tuple[str | None, str, list[str]]:
+        import os
+        import socket
+        try:
+            from autoprune import __version__ as version
+        except ImportError:
+            version = None
+        return version, socket.gethostname(), [p for p in paths if not os.path.exists(p)]
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(facts)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(wanted)
+            for n in nodes]
+    ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    problems = []
+    for node, ref in zip(nodes, refs):
+        where = f"Ray node {node['NodeID']} ({node.get('NodeManagerAddress', '?')})"
+        try:
+            version, host, missing = ray.get(ref, timeout=0)
+        except ray.exceptions.GetTimeoutError:
+            problems.append(f"{where} did not answer within {timeout:g} s")
+            continue
+        except ray.exceptions.RayError as e:
+            problems.append(f"{where} could not run autoprune's check: {str(e).strip().splitlines()[-1]}")
+            continue
+        if version != __version__:
+            problems.append(f"{where} on {host} has {f'autoprune {version}' if version else 'no autoprune'}, "
+                            f"this driver autoprune {__version__}")
+        problems += [f"{where} on {host} cannot see {p}" for p in missing]
+    if problems:
+        raise AutopruneError("The Ray cluster is not ready for these trials: " + "; ".join(problems) +
+                             f". {_SHARED[0].upper()}{_SHARED[1:]}.")
 
 
 def resolve_gpus(options: RayOptions) -> RayOptions:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .._run_dir import RunDir
-from ._cluster import RayOptions, ray_session
+from ._cluster import RayOptions, check_nodes, ray_session
 from ._trials import OUTCOME_FIELDS, Trainable, TrialOutcome, run_trials, write_outcomes
 
 __all__ = ["ExperimentDir", "run_experiment"]
@@ -73,6 +73,7 @@ class ExperimentDir:
 def run_experiment(folder: ExperimentDir, trainable: Trainable, options: RayOptions, *, key: str,
                    epochs: Callable[[dict[str, Any]], int],
                    plan: Callable[[RayOptions], dict[str, Any]] | None = None,
+                   paths: Callable[[dict[str, Any]], Sequence[str]] = lambda trial: (),
                    fields: Sequence[str] = OUTCOME_FIELDS) -> list[TrialOutcome]:
     """Run the experiment in ``folder`` as Tune trials of ``trainable``, inside :func:`ray_session`.
 
@@ -80,7 +81,9 @@ def run_experiment(folder: ExperimentDir, trainable: Trainable, options: RayOpti
     returns the experiment's config with its trials (name -> config) under ``key``; it is saved as config.yaml, with
     ``options`` before the trials. A saved one: its trials under ``key`` continue (``Tuner.restore``; errored trials
     run again). ``epochs(trial)`` is a trial's length (ASHA's ``max_t`` is the longest). Returns one outcome per
-    trial, in the trials' order, also written to OUT/results.csv (``fields`` of each).
+    trial, in the trials' order, also written to OUT/results.csv (``fields`` of each). Before any trial, every node
+    of the cluster must run this autoprune and see the folder and ``paths(trial)`` of every trial
+    (:func:`~autoprune.tune.check_nodes`).
     """
     resume = folder.saved is not None
     if not resume and plan is None:
@@ -95,6 +98,7 @@ def run_experiment(folder: ExperimentDir, trainable: Trainable, options: RayOpti
         run = folder.run
         assert run is not None  # created or opened above
         with run.cleanup_unless_started():  # kept as soon as a trial has started (a search episode, an epoch)
+            check_nodes([folder.path, *(p for t in trials.values() for p in paths(t))])
             outcomes = run_trials(trainable, trials, folder.path / "tune", decided,
                                   max_t=max(epochs(t) for t in trials.values()), resume=resume)
         run.mark_started()

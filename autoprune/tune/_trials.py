@@ -34,8 +34,8 @@ __all__ = ["OUTCOME_FIELDS", "Trainable", "TrialOutcome", "outcomes_table", "run
 Trainable = Callable[[dict[str, Any]], None]
 """A Tune function trainable: gets the trial's config, reports with ``ray.tune.report``."""
 
-OUTCOME_FIELDS = ("epoch", "macs_fraction", "holdout_top1", "test_top1")
-"""The metrics results.csv keeps of each fine-tune trial."""
+OUTCOME_FIELDS = ("epoch", "macs_fraction", "holdout_top1", "test_top1", "node")
+"""The metrics results.csv keeps of each fine-tune trial ("node": the Ray node it finished on)."""
 
 
 @dataclass(frozen=True)
