@@ -66,10 +66,13 @@ class SweepConfig:
             raise AutopruneError("A sweep needs at least one target (--targets) and one agent (--agents).")
         if self.finetune_epochs is not None and self.finetune_epochs < 1:
             raise AutopruneError(f"--finetune-epochs must be at least 1, but got {self.finetune_epochs}.")
-        from .search import load_preset
+        from .search import SearchConfig, load_preset
 
         for agent in self.agents:
             load_preset(agent)  # an unknown agent fails here, before Ray starts
+        # a cell's search settings are checked here too, not in every trial after Ray's retries
+        SearchConfig(arch=self.arch, data_dir=self.data_dir, agent=self.agents[0], checkpoint=self.checkpoint,
+                     targets=[self.targets[0]], episodes=self.episodes, seed=self.seed, **self.search)
 
 
 def _policy(cell: dict[str, Any], out: Path) -> Path:

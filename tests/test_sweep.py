@@ -8,6 +8,8 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
+from model_zoo import SEBasicNet
 
 from autoprune.errors import AutopruneError
 from autoprune.tune import RayOptions
@@ -65,3 +67,26 @@ def test_sweep_refuses_bad_input(tiny):
         SweepConfig(arch="resnet20", data_dir=str(tiny), targets=(0.5,), agents=("tpee",))
     with pytest.raises(AutopruneError, match="--finetune-epochs must be at least 1"):
         SweepConfig(arch="resnet20", data_dir=str(tiny), targets=(0.5,), agents=("uniform",), finetune_epochs=0)
+    with pytest.raises(AutopruneError, match=r"--reward-samples must be in \(0, 20\)"):  # before Ray, not per trial
+        SweepConfig(arch="resnet20", data_dir=str(tiny), targets=(0.5,), agents=("uniform",), search={"holdout": 20})
+
+
+@pytest.mark.slow
+def test_sweep_of_a_users_model_from_the_cli(tiny, tmp_path, local_ray, capsys):
+    """`autoprune sweep --model file.py:factory`: each cell searches and fine-tunes the user's model, whose spec
+    its policy records."""
+    from autoprune.cli import main
+    from autoprune.policy import Policy
+
+    factory = f"{Path(__file__).with_name('model_zoo.py')}:SEBasicNet"
+    torch.manual_seed(0)
+    torch.save(SEBasicNet().state_dict(), tmp_path / "se.pt")
+    code = main(["sweep", "--model", factory, "--input-size", "3,32,32", "--checkpoint", str(tmp_path / "se.pt"),
+                 "--targets", "0.5", "--agents", "uniform", "random", "--episodes", "2", "--finetune-epochs", "1",
+                 "--data-dir", str(tiny / "data"), "--holdout", "20", "--reward-samples", "10", "--recal-batches",
+                 "1", "--device", "cpu", "--cpus-per-trial", "1", "--out", str(tmp_path / "sweep"), "--no-report"])
+    assert code == 0, capsys.readouterr()
+    for cell in ("uniform-t0.5", "random-t0.5"):
+        policy = Policy.load(tmp_path / "sweep" / cell / "search" / "policy-0.5.json")
+        assert policy.model_spec.source == factory and policy.macs_fraction <= 0.5 + 1e-9
+        assert (tmp_path / "sweep" / cell / "finetune" / "model.pt").is_file()

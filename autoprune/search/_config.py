@@ -70,6 +70,9 @@ class SearchConfig:
             get_proxy(self.reward_proxy)  # a misspelt or incomplete name fails here, before any work
         if self.workers < 1:
             raise AutopruneError(f"--workers must be at least 1, but got {self.workers}.")
+        if not 0 < self.reward_samples < self.holdout:
+            raise AutopruneError(f"--reward-samples must be in (0, {self.holdout}) (--holdout, the held-out images; "
+                                 f"the rest of them re-judge the best policies), but got {self.reward_samples}.")
         if self.recal_batches < 1:
             raise AutopruneError(f"--recal-batches must be at least 1 for a search, but got {self.recal_batches}: "
                                  "the rewards would be meaningless, since BatchNorm statistics would not be "
