@@ -29,6 +29,7 @@ Timings swing from run to run on shared machines; read ratios, not seconds.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import subprocess
 import time
@@ -44,6 +45,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 AGENTS = ("cacp", "ddpg", "tpe", "random", "cmaes", "qmc")
 CELLS = ("agents", "conditional", "fidelity", "workers", "criteria")
 CRITERIA = ("l1", "group-l1", "group-l2", "group-bn-gamma")
+PACKAGES = ("torch", "numpy", "scipy", "torch-pruning", "stable-baselines3", "gymnasium", "optuna", "cmaes")
 
 
 def run_cell(name: str, args: argparse.Namespace, *, agent: str, targets: tuple[float, ...] = (0.5,),
@@ -65,7 +67,7 @@ def run_cell(name: str, args: argparse.Namespace, *, agent: str, targets: tuple[
     wall = time.perf_counter() - start
     result = json.loads((out / "result.json").read_text())
     policies = {p.stem.removeprefix("policy-"): Policy.load(p) for p in out.glob("policy-*.json")}
-    record = {"name": name, "agent": agent, "command": " ".join(command), "wall": wall,
+    record = {"name": name, "agent": agent, "command": " ".join(command), "wall": wall, "packages": _versions(),
               "evaluations": result["evaluations"], "seconds": result["seconds"],
               "episodes": (len((out / "episodes.csv").read_text().splitlines()) - 1
                            if (out / "episodes.csv").exists() else 0),  # a handcrafted method plays none
@@ -74,6 +76,17 @@ def run_cell(name: str, args: argparse.Namespace, *, agent: str, targets: tuple[
                               "uniform_test": result["uniform"][t]["test"]} for t, p in policies.items()}}
     path.write_text(json.dumps(record, indent=1))
     return record
+
+
+def _versions() -> dict[str, str]:
+    """The packages a search's figures depend on: an agent's results follow its library's and torch's numerics,
+    so a cell that no longer reproduces is traced to code or to packages by comparing these."""
+    def version(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+    return {name: version(name) for name in PACKAGES}
 
 
 def _preset(args: argparse.Namespace, name: str, **changes: object) -> str:
