@@ -11,13 +11,14 @@ from dataclasses import replace
 
 from torch import nn
 
+from .._budget_metric import budget_metric
 from ..checkpoints import load_model
 from ..env import EnvConfig, PruningEnv
 from ..errors import AutopruneError
 from ..evaluate import Evaluator, check_classes
 from ..models import state_sha256
 from ..proxies import get_proxy
-from ..pruning import PrunableSpace, space_for
+from ..pruning import PrunableSpace, make_metric, space_for
 from ._config import SearchConfig
 from ._preset import Preset, load_preset
 
@@ -69,6 +70,7 @@ def setup(config: SearchConfig, model: nn.Module | None = None) -> tuple[Preset,
     check_classes(model, space.info.classifier, evaluator.dataset)
     # a method that selects its own channels: the env only prices its answers and gives the uniform-L1 reference
     criterion = "l1" if kind.selects_channels else preset.criterion
+    metric = make_metric(space, budget_metric(config.metric, config.latency))
     env = PruningEnv(space, evaluator, EnvConfig(targets=preset.targets, reward=preset.reward, criterion=criterion),
-                     dataset=evaluator.dataset.name, checkpoint=sha)
+                     dataset=evaluator.dataset.name, checkpoint=sha, metric=metric)
     return preset, env, evaluator, space
