@@ -20,6 +20,7 @@ __all__ = [
     "OutputError",
     "DependencyNotInstalled",
     "ExportError",
+    "LatencyError",
     "unknown_name",
 ]
 
@@ -68,6 +69,11 @@ class DependencyNotInstalled(AutopruneError, ImportError):
 
 class ExportError(AutopruneError):
     """Raised when a model cannot be exported, or the exported file does not reproduce PyTorch's outputs."""
+
+
+class LatencyError(AutopruneError):
+    """Raised when latency cannot be measured as asked: a device that is absent (``cuda`` without CUDA), a dtype
+    the runtime or device does not run, latency settings out of range, or a model that a runtime cannot run."""
 
 
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> UnknownNameError:
