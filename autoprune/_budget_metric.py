@@ -20,13 +20,27 @@ __all__ = ["budget_metric", "check_budget"]
 
 
 def check_budget(metric: str, latency: Mapping[str, Any] | None) -> None:
-    """Raise unless ``metric`` is a budget metric and ``latency`` settings come only with a latency budget."""
+    """Raise unless ``metric`` is a budget metric and ``latency`` settings come only with a latency budget,
+    and can be measured here (a runtime that is installed, a device that is present), before any work."""
     if metric not in METRICS:
         raise unknown_name("budget metric", metric, METRICS)
     if latency is not None and metric != "latency":
         raise BudgetError(f"Latency settings ({', '.join(f'{k}={v}' for k, v in latency.items())}) say where a "
                           f"latency budget is measured, but the budget is {metric}: give --target-latency, or drop "
                           "the --latency-* options.")
+    if metric == "latency":
+        _settings(latency)
+
+
+def _settings(latency: Mapping[str, Any] | None) -> Any:
+    from .latency import LatencySettings, runtime_for
+
+    try:
+        settings = LatencySettings(**dict(latency or {}))
+    except TypeError as e:  # a field LatencySettings does not have (a hand-edited config.yaml)
+        raise BudgetError(f"Latency settings {dict(latency or {})} are not LatencySettings' fields ({e}).") from e
+    runtime_for(settings.resolved())  # onnxruntime missing: the install hint; cuda without CUDA: said so
+    return settings
 
 
 def budget_metric(metric: str = "flops", latency: Mapping[str, Any] | None = None) -> MetricLike:
@@ -35,7 +49,6 @@ def budget_metric(metric: str = "flops", latency: Mapping[str, Any] | None = Non
     check_budget(metric, latency)
     if metric != "latency":
         return metric
-    from .latency import LatencySettings, build_latency_model
+    from .latency import build_latency_model
 
-    settings = LatencySettings(**dict(latency or {}))
-    return functools.partial(build_latency_model, settings=settings)
+    return functools.partial(build_latency_model, settings=_settings(latency))

@@ -106,8 +106,8 @@ class HandcraftedSearcher(Searcher):
             policy.macs = int(outcome.macs)
         model = evaluator.judge(source, policy.channels)
         policy.accuracy.update({"holdout": evaluator.holdout(model).top1, "test": evaluator.test(model).top1})
-        run.log(f"target {target:g}: {policy.macs_fraction:.4f} of the MACs, {policy.budget_fraction:.4f} of the "
-                f"{env.metric.name} budget, holdout top-1 "
+        budget = "" if env.metric.name == "flops" else f", {policy.budget_fraction:.4f} of the {env.metric.name}"
+        run.log(f"target {target:g}: {policy.macs_fraction:.4f} of the MACs{budget}, holdout top-1 "
                 f"{policy.accuracy['holdout']:.4f} ({elapsed:.1f} s)")
         return policy
 
