@@ -246,10 +246,11 @@ def run_prune(args: argparse.Namespace) -> int:
     spec = _need_spec(args)
     arch = spec.source
     out = Path(args.out)
+    metric, values, latency = _budget(args)
+    budget = budget_metric(metric, latency)  # a runtime or device that cannot time: refused before any work
     RunDir.check(out, kind="prune", overwrite=args.overwrite)
     model, sha = load_model(spec, args.checkpoint)
     space_for(model, spec, args.space)  # a model that cannot be pruned is refused here, before anything is written
-    metric, values, latency = _budget(args)
     target = _fractions(values, spec, args.space, metric, latency)[0]
     batches, dataset_name = None, args.dataset
     if args.criterion in ("taylor", "reconstruction"):  # they score on training batches
@@ -261,7 +262,7 @@ def run_prune(args: argparse.Namespace) -> int:
         batches = list(evaluator.recal_loader)
     policy, pruned = prune(model, spec, target, method=args.method, criterion=args.criterion,
                            space=args.space, dataset=dataset_name, checkpoint=sha, batches=batches, seed=args.seed,
-                           metric=budget_metric(metric, latency))
+                           metric=budget)
     pruned = pruned.cpu()
     run = RunDir.create(out, kind="prune", overwrite=args.overwrite)
     with run.cleanup_unless_started():  # both files or neither: a policy.json must describe its model.pt
