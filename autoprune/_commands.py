@@ -19,7 +19,8 @@ from .errors import AutopruneError
 from .models import (ModelSpec, create, get_model_info, list_models, parse_floats, parse_model_args, parse_size,
                      replay_spec, resolve)
 from .policy import Policy
-from .pruning import apply, parse_target, space_for
+from ._budget_metric import budget_metric
+from .pruning import METRICS, apply, make_metric, parse_target, space_for
 
 if TYPE_CHECKING:
     from .training import TrainResult
@@ -69,16 +70,38 @@ def _mega(n: float) -> str:
     return f"{n / 1e6:.2f}M"
 
 
-def _fractions(values: Sequence[str | float], arch: str | ModelSpec, space: str | None = None) -> list[float]:
-    """Targets as fractions of the base MACs: each a fraction in (0, 1) or a MAC count like 60M, as prune takes.
+def _fractions(values: Sequence[str | float], arch: str | ModelSpec, space: str | None = None, metric: str = "flops",
+               latency: dict | None = None) -> list[float]:
+    """Targets as fractions of the budget metric's base: each a fraction in (0, 1) or an absolute value (60M MACs,
+    1.2M params, 4.5ms), as prune takes.
 
-    The base model is built only when a MAC count needs its MACs.
+    The base model is built (and for latency, its latency model built or read from its cache) only when an
+    absolute value needs the base.
     """
     @functools.cache
-    def base_macs() -> int:
-        return space_for(create(arch).eval(), arch, space).base.macs
+    def base() -> float:
+        return make_metric(space_for(create(arch).eval(), arch, space), budget_metric(metric, latency)).base
 
-    return [parse_target(v, base_macs) for v in values]
+    return [parse_target(v, base, metric) for v in values]
+
+
+_LATENCY_OPTIONS = ("runtime", "device", "batch", "threads", "dtype")
+
+
+def _budget(args: argparse.Namespace) -> tuple[str, list[str] | None, dict | None]:
+    """The budget the command line names: its metric, the targets given (None: none) and the latency settings
+    (the --latency-* options given; {} for a latency budget with the defaults, None for another budget)."""
+    metric, values = "flops", None
+    for name in METRICS:  # argparse lets only one through (a mutually exclusive group)
+        given = getattr(args, f"target_{name}", None)
+        if given is not None:
+            metric, values = name, given if isinstance(given, list) else [given]
+    latency = {k: getattr(args, f"latency_{k}") for k in _LATENCY_OPTIONS if getattr(args, f"latency_{k}", None) is not None}
+    if latency and metric != "latency":
+        flags = ", ".join(f"--latency-{k}" for k in latency)
+        raise AutopruneError(f"{flags} say where a latency budget is measured, but no --target-latency is given "
+                             f"(the budget is {metric}): add --target-latency F, or drop them.")
+    return metric, values, (latency if metric == "latency" else None)
 
 
 def _kept_on(run_dir: str | Path, name: str, given: bool) -> bool:
@@ -224,10 +247,12 @@ def run_prune(args: argparse.Namespace) -> int:
     spec = _need_spec(args)
     arch = spec.source
     out = Path(args.out)
+    metric, values, latency = _budget(args)
+    budget = budget_metric(metric, latency)  # a runtime or device that cannot time: refused before any work
     RunDir.check(out, kind="prune", overwrite=args.overwrite)
     model, sha = load_model(spec, args.checkpoint)
     space_for(model, spec, args.space)  # a model that cannot be pruned is refused here, before anything is written
-    target = _fractions([args.target_flops], spec, args.space)[0]
+    target = _fractions(values, spec, args.space, metric, latency)[0]
     batches, dataset_name = None, args.dataset
     if args.criterion in ("taylor", "reconstruction"):  # they score on training batches
         if not args.data_dir:
@@ -237,7 +262,8 @@ def run_prune(args: argparse.Namespace) -> int:
         model = evaluator.prepare(model)
         batches = list(evaluator.recal_loader)
     policy, pruned = prune(model, spec, target, method=args.method, criterion=args.criterion,
-                           space=args.space, dataset=dataset_name, checkpoint=sha, batches=batches, seed=args.seed)
+                           space=args.space, dataset=dataset_name, checkpoint=sha, batches=batches, seed=args.seed,
+                           metric=budget)
     pruned = pruned.cpu()
     run = RunDir.create(out, kind="prune", overwrite=args.overwrite)
     with run.cleanup_unless_started():  # both files or neither: a policy.json must describe its model.pt
@@ -248,6 +274,9 @@ def run_prune(args: argparse.Namespace) -> int:
     print(f"{arch} -> {_mega(policy.macs)} MACs ({policy.macs_fraction:.2%} of {_mega(policy.base_macs)}), "
           f"{_mega(policy.params)} params ({policy.params_fraction:.2%}); {args.method} / {args.criterion}, "
           f"keep ratios {ratios.min():.2f}..{ratios.max():.2f} over {len(ratios)} groups")
+    if metric == "latency":
+        print(f"latency: {1e3 * policy.target['value']:.3f} ms predicted ({policy.budget_fraction:.2%} of "
+              f"{1e3 * policy.target['base']:.3f} ms) per batch of {policy.target.get('settings', {}).get('batch', 1)}")
     print(f"wrote {out / 'policy.json'} and {out / 'model.pt'}")
     again = "" if spec.is_zoo else f" --model {spec.source}" + "".join(f" --model-arg {k}={v}" for k, v in spec.args.items())
     print(f"evaluate: autoprune eval --checkpoint {out / 'model.pt'}{again} --data-dir DATA --recal-batches 10")
@@ -259,11 +288,13 @@ def run_search(args: argparse.Namespace) -> int:
 
     from .search import SearchConfig, resume_config, search
 
+    metric, values, latency = _budget(args)
     if args.resume:
         given = _given_spec(args)
         zoo = given is not None and given == ModelSpec(given.source)  # a bare zoo name: the arch check says it
         config = resume_config(args.resume, arch=given.source if zoo else None, space=args.space,
-                               model=None if zoo else given)
+                               model=None if zoo else given,
+                               budget=(metric, latency) if values is not None or latency is not None else None)
         out = Path(args.resume)
         report = _kept_on(out, "report", args.report)
     else:
@@ -271,7 +302,7 @@ def run_search(args: argparse.Namespace) -> int:
         arch = spec.source
         if not args.data_dir:
             raise AutopruneError("--data-dir is required: the search judges policies on held-out training images.")
-        targets = _fractions(args.target_flops, spec, args.space) if args.target_flops else None
+        targets = _fractions(values, spec, args.space, metric, latency) if values else None
         config = SearchConfig(arch=arch, model=None if spec == ModelSpec(arch) else spec.to_dict(),
                               data_dir=args.data_dir, agent=args.agent, checkpoint=args.checkpoint,
                               targets=targets, episodes=args.episodes, space=args.space,
@@ -280,7 +311,7 @@ def run_search(args: argparse.Namespace) -> int:
                               multi_fidelity=args.multi_fidelity, reward_proxy=args.reward_proxy,
                               storage=args.storage, study_name=args.study_name,
                               workers=args.workers, ray=args.ray, ray_address=args.ray_address,
-                              warm_start=args.warm_start, **_data_options(args))
+                              warm_start=args.warm_start, metric=metric, latency=latency, **_data_options(args))
         agent = Path(args.agent).stem
         out = Path(args.out) if args.out else Path("runs") / f"{_label(spec)}-{agent}-{time.strftime('%Y%m%d-%H%M%S')}"
         report = args.report
@@ -318,11 +349,12 @@ def run_compare(args: argparse.Namespace) -> int:
 def run_export_policy(args: argparse.Namespace) -> int:
     from .search import export_policy, resume_config
 
-    config = resume_config(args.run)
-    target = _fractions([args.target_flops], config.model_spec, config.space)[0]
+    metric, values, _ = _budget(args)
+    config = resume_config(args.run, budget=(metric, None))
+    target = _fractions(values, config.model_spec, config.space, config.metric, config.latency)[0]
     out = Path(args.out) if args.out else Path(args.run) / f"policy-{target:g}.json"
     policy = export_policy(args.run, target, out, overwrite=args.overwrite)
-    print(f"{policy.arch} at target {args.target_flops}: {policy.macs_fraction:.2%} MACs, "
+    print(f"{policy.arch} at target {values[0]} of the {metric} budget: {policy.macs_fraction:.2%} MACs, "
           f"holdout top-1 {100 * policy.accuracy['holdout']:.2f}%")
     print(f"wrote {out}")
     return 0
@@ -475,13 +507,16 @@ def run_sweep(args: argparse.Namespace) -> int:
         if not args.data_dir:
             raise AutopruneError("--data-dir is required: every cell searches and fine-tunes on it.")
         named = {} if spec == ModelSpec(arch) else {"model": spec.to_dict()}
-        config = SweepConfig(arch=arch, data_dir=args.data_dir, targets=tuple(_fractions(args.targets, spec)),
+        metric, values, latency = _budget(args)
+        budget = {"metric": metric, "latency": latency} if metric != "flops" else {}
+        config = SweepConfig(arch=arch, data_dir=args.data_dir,
+                             targets=tuple(_fractions(values or [0.3, 0.5, 0.7], spec, None, metric, latency)),
                              agents=tuple(args.agents),
                              checkpoint=args.checkpoint, episodes=args.episodes, finetune_epochs=args.finetune_epochs,
                              preset=args.preset, seed=args.seed,
                              search={"dataset": args.dataset, "holdout": args.holdout, "device": args.device,
                                      "reward_samples": args.reward_samples, "recal_batches": args.recal_batches,
-                                     **named, **_data_options(args)},
+                                     **named, **budget, **_data_options(args)},
                              train={"dataset": args.dataset, "holdout": args.holdout, **named, **_data_options(args)})
         out = Path(args.out) if args.out else _default_out(f"{_label(spec)}-sweep")
         outcomes = sweep(config, out, options, overwrite=args.overwrite, cli_options={"report": args.report})

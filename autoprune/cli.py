@@ -20,6 +20,7 @@ EPILOG = """examples:
   autoprune prune --arch resnet56 --checkpoint resnet56-4bfd9763.th --target-flops 0.5 --out runs/r56-u50
   autoprune eval --checkpoint runs/r56-u50/model.pt --data-dir data/cifar10 --recal-batches 10
   autoprune search --arch resnet56 --target-flops 0.5 --agent ddpg --data-dir data/cifar10
+  autoprune search --arch resnet56 --target-latency 0.6 --latency-runtime onnxruntime --agent tpe --data-dir data/cifar10
   autoprune report runs/resnet56-ddpg-20261121-120000
   autoprune finetune --policy runs/<id>/policy.json --data-dir data/cifar10
   autoprune finetune --policy a.json b.json --ray --data-dir data/cifar10
@@ -102,6 +103,37 @@ _PRESET_HELP = ("recipe preset: auto, cifar, cpu or a YAML file (default auto: c
 _OVERWRITE_HELP = ("replace a run of autoprune already in --out; a folder holding anything else (your own files) "
                    "is never removed")
 _TARGET_HELP = "a fraction of the MACs kept, 0 < F < 1 (e.g. 0.5), or an absolute MAC count like 60M"
+_BUDGET_HELP = {
+    "flops": _TARGET_HELP,
+    "params": "a fraction of the parameters kept, 0 < F < 1, or an absolute count like 1.2M",
+    "latency": "a fraction of the unpruned model's latency, 0 < F < 1, measured where the --latency-* options say "
+               "(a per-layer latency table is timed once and cached), or an absolute latency like 4.5ms (us, ms, s) "
+               "per batch",
+}
+
+
+def _add_budget_args(p: argparse.ArgumentParser, *, many: bool, required: bool, flops_alias: str | None = None,
+                     more: str = "", latency: bool = True) -> None:
+    """The budget: exactly one of --target-flops, --target-params, --target-latency, and (``latency``) where
+    latency is measured."""
+    g = p.add_argument_group("budget (one metric a run: MACs, params or measured latency)").add_mutually_exclusive_group(
+        required=required)
+    for metric, help_text in _BUDGET_HELP.items():
+        flags = [f"--target-{metric}"] + ([flops_alias] if metric == "flops" and flops_alias else [])
+        g.add_argument(*flags, dest=f"target_{metric}", nargs="+" if many else None, metavar="F",
+                       help=(f"target(s), each {help_text}" if many else help_text) + more)
+    if not latency:
+        return
+    g = p.add_argument_group("latency (with --target-latency: where the latency is measured)")
+    g.add_argument("--latency-runtime", choices=["torch", "onnxruntime"],
+                   help="what runs the model: torch (eager) or onnxruntime (what CPU deployments run; needs the onnx "
+                        "extra); default torch")
+    g.add_argument("--latency-device", choices=["cpu", "cuda"], help="the device timed (default cpu)")
+    g.add_argument("--latency-batch", type=int, metavar="N", help="images per timed batch (default 1)")
+    g.add_argument("--latency-threads", type=int, metavar="N",
+                   help="CPU threads while timing (default: torch's current count, recorded in the cache key)")
+    g.add_argument("--latency-dtype", choices=["float32", "float16", "bfloat16"],
+                   help="the dtype timed (default float32; float16 on cuda only)")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -166,12 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size (default 500)")
     _add_data_args(p, required=True)
 
-    p = sub.add_parser("prune", help="prune to a FLOPs target, uniformly or by a global threshold",
-                       description="Prune a pretrained model to a MACs budget without search: one keep ratio everywhere "
+    p = sub.add_parser("prune", help="prune to a FLOPs, params or latency target, uniformly or by a global threshold",
+                       description="Prune a pretrained model to a budget (MACs, params or measured latency) without search: one keep ratio everywhere "
                        "(uniform) or one threshold on a channel criterion across all groups (global). Writes "
                        "policy.json and model.pt (the physically pruned model) into --out.")
     _add_model_args(p)
-    p.add_argument("--target-flops", required=True, help=_TARGET_HELP)
+    _add_budget_args(p, many=False, required=True)
     p.add_argument("--method", default="uniform", help="uniform or global (default uniform)")
     p.add_argument("--criterion", default="l1", help="channel selection: l1, l2, bn-gamma, group-l1, group-l2, group-bn-gamma, random, taylor, "
                    "reconstruction "
@@ -183,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, required=False)
 
     p = sub.add_parser("search", help="search per-group keep ratios with an RL agent (the main command)",
-                       description="Search how many channels each group keeps under a MACs budget. An agent (--agent) "
+                       description="Search how many channels each group keeps under a budget: MACs (--target-flops), "
+                       "params (--target-params) or the latency measured on your device and runtime (--target-latency). An agent (--agent) "
                        "plays the pruning environment: one step per group, reward = holdout accuracy after BN "
                        "recalibration. The best policies are re-judged on a disjoint part of the holdout; the winner is "
                        "measured on the test split once, beside the uniform-L1 policy. Writes runs/<id>/ (config, "
@@ -192,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "per target instead, judged the same way; one that trains writes weights-<target>.pt, which "
                        "the policy names (autoprune finetune --checkpoint).")
     _add_model_args(p)
-    p.add_argument("--target-flops", nargs="+",
-                   help=f"target(s), each {_TARGET_HELP}; a conditional agent (cacp) adds them to its trained range")
+    _add_budget_args(p, many=True, required=False,
+                     more="; a conditional agent (cacp) adds them to its trained range (default: the preset's "
+                          "targets, of the MACs; with --resume: the run's, and a different metric is refused)")
     p.add_argument("--agent", default="cacp",
                    help="preset name or a preset YAML; default cacp. RL: cacp, ddpg, td3, sac, ppo. Optuna: tpe, "
                         "cmaes, random, qmc (one study per target), nsga2 (accuracy against MACs over a range). "
@@ -238,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Ask the trained agent of a search run for a policy at a new target inside its "
                        "trained range, without searching again.")
     p.add_argument("--run", required=True, help="the search run directory")
-    p.add_argument("--target-flops", required=True, help=_TARGET_HELP)
+    _add_budget_args(p, many=False, required=True, more=" (the run's own budget metric, measured as it was)",
+                     latency=False)
     p.add_argument("--out", help="policy file to write (default RUN/policy-<target>.json)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing policy file (for a searched target, the search's own pick)")
@@ -296,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "continues an interrupted sweep.")
     _add_model_args(p, checkpoint=False, space=False)
     p.add_argument("--checkpoint", default="pretrained", help="the weights searched and fine-tuned (default: pretrained)")
-    p.add_argument("--targets", nargs="+", default=[0.3, 0.5, 0.7],
-                   help=f"targets, each {_TARGET_HELP} (default 0.3 0.5 0.7)")
+    _add_budget_args(p, many=True, required=False, flops_alias="--targets",
+                     more=" (default: --target-flops 0.3 0.5 0.7)")
     p.add_argument("--agents", nargs="+", default=["cacp", "tpe", "uniform"],
                    help="agent presets, as for search --agent (default: cacp tpe uniform)")
     p.add_argument("--episodes", type=int, help="search episodes per target (default: each preset's)")

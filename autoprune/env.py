@@ -15,13 +15,13 @@ from gymnasium import spaces
 from .errors import AutopruneError, BudgetError, unknown_name
 from .evaluate import Evaluator
 from .policy import Policy, policy_for
-from .pruning import PrunableSpace, check_target, uniform_counts
+from .pruning import Metric, PrunableSpace, check_target, flops_metric, uniform_counts
 
 __all__ = ["PruningEnv", "EnvConfig", "REWARDS", "FEATURES", "TIMED"]
 
 REWARDS = ("acc", "err-log-flops", "normalized")
 FEATURES = ("target", "t", "kind", "in_channels", "channels", "kernel", "stride", "fmap",
-            "group_macs", "removed_macs", "removable_macs", "previous_action")
+            "group_macs", "removed_budget", "removable_budget", "previous_action")
 TIMED = ("apply", "recalibrate", "evaluate")
 _KINDS = {"conv": 0.0, "depthwise": 0.5, "residual": 1.0}
 
@@ -31,9 +31,10 @@ class EnvConfig:
     """What an episode is judged on.
 
     Attributes:
-        targets: MACs fractions kept; one is drawn per episode (several: a conditional agent).
+        targets: fractions of the budget metric kept (MACs by default); one is drawn per episode
+            (several: a conditional agent).
         reward: "acc" (holdout accuracy, budget by clipping; AMC's), "err-log-flops"
-            (-error x ln MACs; AMC's unconstrained form) or "normalized" (accuracy minus that of
+            (-error x ln of the budget metric's value; AMC's unconstrained form, MACs by default) or "normalized" (accuracy minus that of
             the uniform policy at the episode's target, so targets of different difficulty
             give rewards on one scale, for conditional agents).
         criterion: channel selection inside each group.
@@ -50,7 +51,7 @@ class EnvConfig:
             raise BudgetError("At least one target is needed.")
         for t in self.targets:
             if not 0.0 < t < 1.0:
-                raise BudgetError(f"Targets must be fractions in (0, 1) of the MACs, but got {t}.")
+                raise BudgetError(f"Targets must be fractions in (0, 1) of the budget, but got {t}.")
         if self.reward not in REWARDS:
             raise unknown_name("reward", self.reward, REWARDS)
 
@@ -68,8 +69,11 @@ class PruningEnv(gym.Env):
     ## Action Space
     ``Box(lo, hi, (1,), float32)``: the keep ratio, within the space's bounds.
     It is rounded to a channel count and then clipped, as in AMC, so that (a)
-    with every later group at its lower bound the MACs budget is still met and
+    with every later group at its lower bound the budget is still met and
     (b) with every later group at its upper bound the budget is still reached.
+    The budget is ``target`` times the base of the env's :class:`~autoprune.pruning.Metric`
+    (MACs by default; params, or a latency model's seconds), whose value never falls when a
+    count grows, so both bounds are bisections.
     The last group takes the largest count within budget, so every episode
     ends within one channel of that group below the target, never above.
 
@@ -78,7 +82,7 @@ class PruningEnv(gym.Env):
 
     | # | feature          | meaning                                                     |
     |---|------------------|-------------------------------------------------------------|
-    | 0 | target           | fraction of the MACs the episode keeps                      |
+    | 0 | target           | fraction of the budget metric the episode keeps             |
     | 1 | t                | step / number of groups                                     |
     | 2 | kind             | 0 conv, 0.5 depthwise, 1 residual (coupled across blocks)   |
     | 3 | in_channels      | root conv's input channels / the maximum over groups        |
@@ -87,8 +91,8 @@ class PruningEnv(gym.Env):
     | 6 | stride           | stride / the maximum                                        |
     | 7 | fmap             | output height / the maximum                                 |
     | 8 | group_macs       | MACs this group controls / base MACs                        |
-    | 9 | removed_macs     | MACs removed by the earlier steps / base MACs               |
-    | 10| removable_macs   | MACs the later groups could still remove / base MACs        |
+    | 9 | removed_budget   | budget metric removed by the earlier steps / its base       |
+    | 10| removable_budget | budget metric the later groups could still remove / its base|
     | 11| previous_action  | the previous group's effective keep ratio (1 at the start)  |
 
     ## Rewards
@@ -108,25 +112,28 @@ class PruningEnv(gym.Env):
     ## Episode End
     Terminates after the last searchable group; never truncated.
     ``info`` then holds ``policy`` (a :class:`Policy`), ``accuracy``, ``macs``,
-    ``params``, ``counts`` and ``cached`` (whether the evaluation was reused).
+    ``params``, ``fraction`` (of the budget metric), ``counts`` and ``cached`` (whether the
+    evaluation was reused).
 
     ## Arguments
     ``space``: the prunable space (and through it the model); ``evaluator``:
     scores pruned models; ``config``: :class:`EnvConfig`; ``dataset`` and
-    ``checkpoint``: recorded in the policies.
+    ``checkpoint``: recorded in the policies; ``metric``: the budget
+    (:func:`~autoprune.pruning.flops_metric` of ``space`` when None).
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version; features 9 and 10 and the clipping follow the budget metric (MACs by default).
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, space: PrunableSpace, evaluator: Evaluator, config: EnvConfig = EnvConfig(),
-                 *, dataset: str = "cifar10", checkpoint: str | None = None) -> None:
+                 *, dataset: str = "cifar10", checkpoint: str | None = None, metric: Metric | None = None) -> None:
         self.space, self.evaluator, self.config = space, evaluator, config
         self.dataset, self.checkpoint = dataset, checkpoint
+        self.metric = flops_metric(space) if metric is None else metric
         for t in config.targets:
-            check_target(space, t)
+            check_target(space, t, self.metric)
         self.n = len(space.searchable)
         lo, hi = space.spec.bounds
         self.action_space = spaces.Box(lo, hi, shape=(1,), dtype=np.float32)
@@ -163,33 +170,33 @@ class PruningEnv(gym.Env):
         return np.column_stack([kinds, table, controlled])
 
     def _observation(self) -> np.ndarray:
-        base = self.space.base.macs
+        metric = self.metric
         j = min(self._t, self.n - 1)
         done = self._counts.copy()
         done[j:] = self._hi[j:]
-        removed = (self.space.macs(self._hi) - self.space.macs(done)) / base
+        removed = (metric(self._hi) - metric(done)) / metric.base
         later_hi, later_lo = done.copy(), done.copy()
         later_lo[j + 1:] = self._lo[j + 1:]
-        removable = (self.space.macs(later_hi) - self.space.macs(later_lo)) / base
+        removable = (metric(later_hi) - metric(later_lo)) / metric.base
         obs = np.concatenate([[self._target, self._t / self.n], self._static[j], [removed, removable, self._previous]])
         return np.clip(obs, 0.0, 1.0).astype(np.float32)
 
     # -- the budget -----------------------------------------------------------
     def _clip(self, j: int, wanted: int) -> int:
         """AMC's constraint: the count nearest ``wanted`` that keeps the budget met and reachable."""
-        budget = self._target * self.space.base.macs
+        budget = self._target * self.metric.base
         options = self._options[j]
 
-        def macs_with(c: int, rest: np.ndarray) -> int:
+        def value_with(c: int, rest: np.ndarray) -> float:
             k = self._counts.copy()
             k[j] = c
             k[j + 1:] = rest[j + 1:]
-            return self.space.macs(k)
+            return self.metric(k)
 
-        # MACs grow with the count, so both bounds are bisections over the options
-        over = bisect.bisect_right(options, budget, key=lambda c: macs_with(c, self._lo))
+        # the metric never falls as the count grows, so both bounds are bisections over the options
+        over = bisect.bisect_right(options, budget, key=lambda c: value_with(c, self._lo))
         upper = int(options[max(over - 1, 0)])  # largest count still within budget
-        reached = bisect.bisect_left(options, budget, key=lambda c: macs_with(c, self._hi))
+        reached = bisect.bisect_left(options, budget, key=lambda c: value_with(c, self._hi))
         lower = int(options[min(reached, len(options) - 1)])  # smallest count from which the budget is still reached
         if j == self.n - 1:
             return upper
@@ -202,7 +209,7 @@ class PruningEnv(gym.Env):
             self._seed, self.episodes = seed, 0
         if options and "target" in options:
             target = float(options["target"])
-            check_target(self.space, target)
+            check_target(self.space, target, self.metric)
         else:  # every target once per round, in a shuffled order that depends on (seed, round) only:
             n = len(self.config.targets)  # balanced, and a resumed run draws what an uninterrupted one would
             order = np.random.default_rng([self._seed, self.episodes // n]).permutation(n)
@@ -292,22 +299,24 @@ class PruningEnv(gym.Env):
         if self.config.reward == "acc":
             reward = acc
         elif self.config.reward == "err-log-flops":
-            reward = -(1.0 - acc) * float(np.log(cost.macs))
+            reward = -(1.0 - acc) * float(np.log(self.metric(counts)))
         else:
             reward = acc - self.reference(self._target)
         policy = self.policy(counts, self._target)
         policy.accuracy[self._part()] = acc
         return float(reward), {"policy": policy, "accuracy": acc, "macs": cost.macs, "params": cost.params,
+                               "fraction": policy.budget_fraction,
                                "counts": counts, "target": self._target, "cached": cached}
 
     def reference(self, target: float) -> float:
         """Accuracy of the uniform policy at ``target`` (the "normalized" reward's baseline)."""
         if target not in self._reference:
-            self._reference[target] = self.accuracy(uniform_counts(self.space, target))[0]
+            self._reference[target] = self.accuracy(uniform_counts(self.space, target, self.metric))[0]
         return self._reference[target]
 
     def policy(self, counts: Sequence[int], target: float, provenance: dict | None = None) -> Policy:
         """The Policy of an episode that kept ``counts``."""
         return policy_for(self.space, self.space.select(counts, self._scores), target=target, dataset=self.dataset,
-                          checkpoint=self.checkpoint, criterion=self.config.criterion, provenance=provenance)
+                          checkpoint=self.checkpoint, criterion=self.config.criterion, provenance=provenance,
+                          metric=self.metric)
 

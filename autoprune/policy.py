@@ -28,11 +28,14 @@ from .errors import AutopruneError, PolicyError
 from .models import ModelSpec
 
 if TYPE_CHECKING:
-    from .pruning import PrunableSpace
+    from .pruning import Metric, PrunableSpace
 
 __all__ = ["SCHEMA_VERSION", "Policy", "make_policy", "policy_for"]
 
-SCHEMA_VERSION = 2  # 2: the model spec and each group's channels; 1 (a zoo name only) migrates on load
+# 2: the model spec and each group's channels; 1 (a zoo name only) migrates on load. A budget of another metric
+# than MACs adds keys to ``target`` only (value, base, unit; a latency model's settings), so a file of either
+# budget is read by every reader of schema 2, and one without a target metric is a MACs budget.
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -48,7 +51,10 @@ class Policy:
         ratios: keep ratio per searchable group, as the agent asked for it.
         channels: kept channel indices per searchable group (sorted), after rounding and selection.
         criterion: the channel-selection criterion that chose ``channels``.
-        target: the budget, e.g. ``{"metric": "macs", "fraction": 0.5}`` (None: unconstrained).
+        target: the budget, e.g. ``{"metric": "macs", "fraction": 0.5}`` (None: unconstrained). Another
+            metric records its value for these channels and the unpruned model's, in its unit:
+            ``{"metric": "latency", "fraction": 0.6, "value": 0.0021, "base": 0.0036, "unit": "s",
+            "settings": {...}}`` (a latency model's prediction, and where it measures); "params" likewise.
         macs, params: cost of the pruned model; ``base_macs``/``base_params`` of the unpruned one.
         accuracy: measured accuracies by split, e.g. ``{"holdout": 0.71, "test": 0.80}``.
         provenance: who made it (agent, seed, autoprune version, time). ``channel_macs``, when present,
@@ -94,6 +100,22 @@ class Policy:
     def params_fraction(self) -> float:
         return self.params / self.base_params
 
+    @property
+    def budget_metric(self) -> str:
+        """The metric the target budgets: "flops" (a MACs target, or none), "params" or "latency"."""
+        metric = (self.target or {}).get("metric", "macs")
+        return "flops" if metric == "macs" else str(metric)
+
+    @property
+    def budget_fraction(self) -> float:
+        """The fraction of the budget metric these channels keep (a latency: the recorded prediction)."""
+        metric = self.budget_metric
+        if metric == "params":
+            return self.params_fraction
+        if metric == "latency":
+            return float(self.target["value"]) / float(self.target["base"])
+        return self.macs_fraction
+
     # -- JSON ---------------------------------------------------------------
     @property
     def kernel_sparse(self) -> bool:
@@ -131,6 +153,12 @@ class Policy:
             raise PolicyError(f"{source}: 'ratios' and 'channels' name different groups.")
         if not isinstance(data.get("model", {}), dict) or not isinstance(data.get("widths", {}), dict):
             raise PolicyError(f"{source}: 'model' and 'widths' must be JSON objects.")
+        target = data.get("target")
+        if target is not None and not isinstance(target, dict):
+            raise PolicyError(f"{source}: 'target' must be a JSON object or null, but got {type(target).__name__}.")
+        if target and target.get("metric") in ("params", "latency") and not all(
+                isinstance(target.get(k), (int, float)) and target[k] > 0 for k in ("value", "base")):
+            raise PolicyError(f"{source}: a {target['metric']} target needs positive numbers 'value' and 'base'.")
         policy = cls(**{**data, "channels": channels, "ratios": ratios})
         try:
             policy.model_spec
@@ -214,15 +242,24 @@ def make_policy(
 
 
 def policy_for(space: PrunableSpace, kept: Mapping[str, Sequence[int] | np.ndarray], *, target: float, dataset: str,
-               checkpoint: str | None, criterion: str, provenance: dict[str, Any] | None = None) -> Policy:
-    """The Policy of an answer that keeps ``kept`` channels per searchable group under a MACs ``target``.
+               checkpoint: str | None, criterion: str, provenance: dict[str, Any] | None = None,
+               metric: Metric | None = None) -> Policy:
+    """The Policy of an answer that keeps ``kept`` channels per searchable group under ``target``.
 
     What the environment's episodes, ``prune`` and the handcrafted methods all record: the keep
     ratios are the kept counts over the groups' channels, the classifier's width comes from the
-    model, the target is a fraction of the MACs. :func:`make_policy` takes those explicitly.
+    model, the target is a fraction of ``metric``'s base (MACs when None, recorded as before;
+    another metric adds its value for ``kept`` and its base, see :attr:`Policy.target`).
+    :func:`make_policy` takes those explicitly.
     """
     counts = np.array([len(kept[n]) for n in space.names])
     num_classes = int(space.info.num_classes)
+    budget: dict[str, Any] = {"metric": "macs", "fraction": target}
+    if metric is not None and metric.name != "flops":
+        budget = {"metric": metric.name, "fraction": target, "value": float(metric(counts)),
+                  "base": float(metric.base), "unit": metric.unit}
+        settings = getattr(metric, "settings", None)
+        if settings is not None:  # a latency model: where its seconds were measured
+            budget["settings"] = asdict(settings) if hasattr(settings, "__dataclass_fields__") else dict(settings)
     return make_policy(space, counts / space.channels, kept, dataset=dataset, num_classes=num_classes,
-                       checkpoint=checkpoint, criterion=criterion, target={"metric": "macs", "fraction": target},
-                       provenance=provenance)
+                       checkpoint=checkpoint, criterion=criterion, target=budget, provenance=provenance)

@@ -39,7 +39,8 @@ class SweepConfig:
 
     Attributes:
         arch, data_dir, checkpoint: the model and data, as for `autoprune search`.
-        targets: MACs fractions kept.
+        targets: fractions kept of the budget metric (``search["metric"]``: flops, params or latency with
+            ``search["latency"]``; MACs when absent), the same in every cell.
         agents: search presets (see `autoprune search --agent`), handcrafted ones (uniform, slimming...) included.
         episodes: search episodes per target (None: each preset's).
         finetune_epochs: fine-tune epochs (None: the training preset's).

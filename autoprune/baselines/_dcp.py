@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..pruning import PrunableSpace, check_target
+from ..pruning import Metric, PrunableSpace, check_target
 from ..training import Trainer
 from ._masks import GroupMasks, counts_to_target
 from ._method import Context, Outcome
@@ -93,8 +93,8 @@ class Propagation:
     """
 
     def __init__(self, model: nn.Module, space: PrunableSpace, target: float, *, decay: float = 0.9,
-                 warmup: int = 20, interval: int = 10) -> None:
-        self.space, self.target = space, target
+                 warmup: int = 20, interval: int = 10, metric: Metric | None = None) -> None:
+        self.space, self.target, self.metric = space, target, metric
         self.decay, self.warmup, self.interval = decay, warmup, interval
         self.masks = GroupMasks(model, space.searchable, capture=True)
         device = next(model.parameters()).device
@@ -134,7 +134,7 @@ class Propagation:
     def select(self) -> None:
         """Recompute the kept set from the utilities: the best that fit the MACs target."""
         scores = {n: u.double().cpu().numpy() for n, u in self.utility.items()}
-        counts = counts_to_target(self.space, self.target, scores, normalise=True)
+        counts = counts_to_target(self.space, self.target, scores, normalise=True, metric=self.metric)
         for name, idx in self.space.select(counts, scores).items():
             mask = torch.zeros_like(self.masks.values[name])
             mask[torch.as_tensor(idx, device=mask.device)] = 1.0
@@ -169,10 +169,10 @@ class Propagation:
 def run(context: Context) -> Outcome:
     """Train with dynamic channel propagation; answer with the kept set and the trained weights."""
     settings = settings_from(DCPSettings, context.hyperparameters, "dcp")
-    check_target(context.space, context.target)
+    check_target(context.space, context.target, context.metric)
     model = copy.deepcopy(context.model).to(context.device)
     prop = Propagation(model, context.space, context.target, decay=settings.decay, warmup=settings.warmup,
-                       interval=settings.interval)
+                       interval=settings.interval, metric=context.metric)
 
     def attach(trainer: Trainer) -> None:
         def loss_scale() -> float | torch.Tensor:  # a copy of the scaler's scale tensor: no synchronisation

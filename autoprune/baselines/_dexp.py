@@ -167,6 +167,7 @@ def finetune(model: nn.Module, masks: Mapping[str, torch.Tensor], context: Conte
 def run(context: Context) -> Outcome:
     """DExp on ``context``: masks from the kernel-sum distribution, a fine-tune with them held, honest MACs."""
     settings = settings_from(DExpSettings, context.hyperparameters, "dexp")
+    context.require_macs("DExp (its zeroed kernels are counted in MACs)")
     space, work_dir = context.space, Path(context.work_dir)
     model = context.model
     example = torch.zeros(1, *space.info.input_size, device=next(model.parameters()).device)

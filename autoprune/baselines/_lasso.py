@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..pruning import PrunableSpace, Reconstruction, consumers, sample_features, uniform_counts
+from ..pruning import Metric, PrunableSpace, Reconstruction, consumers, flops_metric, sample_features, uniform_counts
 from ._method import Context, Outcome, train_loader
 from ._settings import check, is_int, settings_from
 
@@ -76,13 +76,14 @@ class LassoSettings:
             check(is_int(value) and value >= 1, f"{f.name} must be an integer of at least 1", **{f.name: value})
 
 
-def _counts(space: PrunableSpace, target: float) -> np.ndarray:
-    """The largest uniform keep ratio within ``target``, then the last group filled up to it."""
-    counts = uniform_counts(space, target)
-    budget = target * space.base.macs
+def _counts(space: PrunableSpace, target: float, metric: Metric | None) -> np.ndarray:
+    """The largest uniform keep ratio within ``target`` of ``metric`` (None: MACs), then the last group filled up to it."""
+    metric = flops_metric(space) if metric is None else metric
+    counts = uniform_counts(space, target, metric)
+    budget = target * metric.base
     for option in space.count_options(len(counts) - 1)[::-1]:
         trial = np.append(counts[:-1], option)
-        if space.macs(trial) <= budget:
+        if metric(trial) <= budget:
             return trial.astype(np.int64)
     return counts
 
@@ -101,7 +102,7 @@ def run(context: Context) -> Outcome:
     space, original = context.space, context.model
     for group in space.searchable:
         consumers(original, group)  # refuse what reconstruction cannot handle before any work
-    counts = _counts(space, context.target)
+    counts = _counts(space, context.target, context.metric)
     batches = _batches(context, settings)
     sampling = {"points": settings.points, "seed": context.seed}
 

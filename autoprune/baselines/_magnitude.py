@@ -41,8 +41,8 @@ def _outcome(context: Context, counts: np.ndarray, scores: dict[str, np.ndarray]
 
 
 def uniform(context: Context) -> Outcome:
-    """One keep ratio in every group: the largest whose MACs meet the target (bisection on the cost model)."""
-    counts = uniform_counts(context.space, context.target)
+    """One keep ratio in every group: the largest that meets the target (bisection on the budget metric)."""
+    counts = uniform_counts(context.space, context.target, context.metric)
     return _outcome(context, counts, _scores(context, "uniform"),
                     "one keep ratio for every group, the largest whose MACs meet the target")
 
@@ -54,6 +54,6 @@ def global_threshold(context: Context) -> Outcome:
     large weights; the threshold is the lowest that meets the MACs target.
     """
     scores = _scores(context, "global")
-    counts = global_counts(context.space, context.target, scores)
+    counts = global_counts(context.space, context.target, scores, metric=context.metric)
     return _outcome(context, counts, scores,
                     "one threshold on mean-normalised scores of all groups, the lowest whose MACs meet the target")

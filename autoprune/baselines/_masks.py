@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..pruning import Group, PrunableSpace, global_counts
+from ..pruning import Group, Metric, PrunableSpace, flops_metric, global_counts
 
 __all__ = ["ExpectedMacs", "GroupMasks", "counts_to_target", "fold_masks", "top_up"]
 
@@ -160,8 +160,8 @@ class ExpectedMacs:
         return self._w_dense @ ((self._in0 + self._a_in @ k) * cout) + self._w_dw @ cout
 
 
-def top_up(space: PrunableSpace, counts: np.ndarray, fraction: float) -> np.ndarray:
-    """Raise the last groups' counts (the last group first) as far as the MACs target allows.
+def top_up(space: PrunableSpace, counts: np.ndarray, fraction: float, metric: Metric | None = None) -> np.ndarray:
+    """Raise the last groups' counts (the last group first) as far as the target of ``metric`` (None: MACs) allows.
 
     A global ranking stops at the first channel that does not fit, which may
     be an expensive one while cheaper channels of later groups would; topping
@@ -169,17 +169,18 @@ def top_up(space: PrunableSpace, counts: np.ndarray, fraction: float) -> np.ndar
     the target, the tolerance the environment's episodes meet.
     """
     counts = np.array(counts, dtype=np.int64)
-    budget = fraction * space.base.macs
+    metric = flops_metric(space) if metric is None else metric
+    budget = fraction * metric.base
     for j in reversed(range(len(counts))):
         options = space.count_options(j)
         options = options[options >= counts[j]]
 
-        def macs_with(count: int, j: int = j) -> int:
+        def value_with(count: int, j: int = j) -> float:
             trial = counts.copy()
             trial[j] = count
-            return space.macs(trial)
+            return metric(trial)
 
-        best = bisect.bisect_right(options, budget, key=macs_with) - 1  # the last option that fits
+        best = bisect.bisect_right(options, budget, key=value_with) - 1  # the last option that fits
         if best >= 0:
             counts[j] = options[best]
         if counts[j] < options[-1]:
@@ -188,7 +189,7 @@ def top_up(space: PrunableSpace, counts: np.ndarray, fraction: float) -> np.ndar
 
 
 def counts_to_target(space: PrunableSpace, fraction: float, scores: Mapping[str, np.ndarray], *,
-                     normalise: bool) -> np.ndarray:
+                     normalise: bool, metric: Metric | None = None) -> np.ndarray:
     """Kept channels per searchable group: the best-scored channels of all groups that fit ``fraction``.
 
     ``normalise`` divides each group's scores by their mean first (scores of
@@ -196,4 +197,4 @@ def counts_to_target(space: PrunableSpace, fraction: float, scores: Mapping[str,
     otherwise the raw scores are ranked (probabilities). Counts respect the
     space's bounds and rounding, then :func:`top_up` fills the last groups.
     """
-    return top_up(space, global_counts(space, fraction, scores, normalise=normalise), fraction)
+    return top_up(space, global_counts(space, fraction, scores, normalise=normalise, metric=metric), fraction, metric)

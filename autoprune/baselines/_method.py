@@ -20,7 +20,8 @@ from torch import nn
 
 from ..data import DeviceLoader, StreamLoader, make_loader
 from ..evaluate import Evaluator
-from ..pruning import PrunableSpace, channel_scores, taylor_gradients
+from ..errors import BudgetError
+from ..pruning import Metric, PrunableSpace, channel_scores, taylor_gradients
 
 __all__ = ["Context", "Outcome", "criterion_scores", "train_loader"]
 
@@ -35,7 +36,7 @@ class Context:
         space: its prunable space (groups, bounds, cost model, criteria, ``apply``).
         evaluator: the data (``evaluator.dataset``; train on ``evaluator.splits.train`` only, never on
             the holdout or the test split) and the device (``evaluator.device``).
-        target: the fraction of the unpruned MACs to keep.
+        target: the fraction of the budget metric to keep (MACs unless ``metric`` says otherwise).
         criterion: the preset's channel-selection criterion, for methods that rank channels.
         hyperparameters: the preset's ``hyperparameters`` mapping (the method's own knobs).
         work_dir: a directory of the run for the method's files (masks, training checkpoints), so
@@ -43,6 +44,8 @@ class Context:
             across ``--resume``. It may not exist yet.
         seed: seeds every random choice of the method.
         progress: show progress bars.
+        metric: the run's budget metric (:class:`~autoprune.pruning.Metric`; None: MACs); methods meet
+            ``target`` of it through the budget helpers, which take it.
     """
 
     model: nn.Module
@@ -54,6 +57,14 @@ class Context:
     work_dir: Path = Path(".")
     seed: int = 0
     progress: bool = True
+    metric: Metric | None = None
+
+    def require_macs(self, method: str) -> None:
+        """Refuse a budget other than MACs for a method whose training or count is of MACs by design."""
+        if self.metric is not None and self.metric.name != "flops":
+            raise BudgetError(f"{method} trains or counts against MACs by design and cannot meet a "
+                              f"{self.metric.name} budget; use --target-flops, or another agent (uniform, "
+                              "global-l1, slimming, lasso, dcp, or a searching agent).")
 
     @property
     def device(self) -> torch.device:

@@ -228,6 +228,7 @@ def removal(space: PrunableSpace, probs: dict[str, np.ndarray], threshold: float
 def run(context: Context) -> Outcome:
     """Train with soft channel masks under the MACs regulariser; answer with the removal and the trained weights."""
     settings = settings_from(SCPSettings, context.hyperparameters, "scp")
+    context.require_macs("SCP (its regulariser is the expected MACs)")
     check_target(context.space, context.target)
     model = copy.deepcopy(context.model).to(context.device)
     gates = Gates(model, context.space, temperature=settings.temperature, seed=context.seed)

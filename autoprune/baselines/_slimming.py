@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import AutopruneError, BudgetError
-from ..pruning import PrunableSpace, channel_scores, check_target
+from ..pruning import Metric, PrunableSpace, channel_scores, check_target, flops_metric
 from ._method import Context, Outcome
 from ._settings import check, is_number, settings_from
 from ._training import TrainSettings, train_resumable
@@ -132,8 +132,9 @@ def _limits(space: PrunableSpace, bounded: bool) -> tuple[np.ndarray, np.ndarray
 
 
 def threshold_counts(space: PrunableSpace, fraction: float, scores: dict[str, np.ndarray], *,
-                     bounded: bool = True) -> tuple[np.ndarray, float, np.ndarray]:
-    """One threshold on the raw ``scores`` of all searchable groups, the lowest that meets ``fraction`` of the MACs.
+                     bounded: bool = True, metric: Metric | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+    """One threshold on the raw ``scores`` of all searchable groups, the lowest that meets ``fraction`` of
+    ``metric`` (None: the MACs).
 
     Channels are ranked by score over all groups; keeping the ``i`` best (each group's count
     rounded up to the space's step, and clipped to its bounds when ``bounded``) costs MACs that
@@ -141,7 +142,8 @@ def threshold_counts(space: PrunableSpace, fraction: float, scores: dict[str, np
     the threshold (the lowest kept score) and each group's count under the threshold alone.
     Without bounds, a group that keeps no channel is refused, naming it.
     """
-    check_target(space, fraction)
+    metric = flops_metric(space) if metric is None else metric
+    check_target(space, fraction, metric)
     groups = space.searchable
     n = len(groups)
     step = space.steps
@@ -156,14 +158,14 @@ def threshold_counts(space: PrunableSpace, fraction: float, scores: dict[str, np
     def counts_at(i: int) -> np.ndarray:
         return np.clip(np.ceil(raw(i) / step) * step, floor, ceil).astype(np.int64)
 
-    budget = fraction * space.base.macs
-    i = max(bisect.bisect_right(range(len(order) + 1), budget, key=lambda k: space.macs(counts_at(k))) - 1, 0)
+    budget = fraction * metric.base
+    i = max(bisect.bisect_right(range(len(order) + 1), budget, key=lambda k: metric(counts_at(k))) - 1, 0)
     threshold = float(flat[order[i - 1]]) if i > 0 else float("inf")
     counts = counts_at(i)
     if not bounded and (counts == 0).any():
         j = int(np.flatnonzero(counts == 0)[0])
         raise BudgetError(
-            f"Network Slimming's threshold |gamma| >= {threshold:.4g}, the lowest that meets {fraction:g} of the MACs, "
+            f"Network Slimming's threshold |gamma| >= {threshold:.4g}, the lowest that meets {fraction:g} of the {metric.unit}, "
             f"removes every channel of group {groups[j].name!r} (its largest score is {scores[groups[j].name].max():.4g}). "
             "Keep the space's bounds (bounded: true), lower lambda or the epochs, raise the target, or exclude the "
             "group from the space.")
@@ -181,7 +183,8 @@ def run(context: Context) -> Outcome:
         before = float(bn_penalty(context.model, space, 1.0)(context.model))
     trained = sparsity_train(context, settings)
     scores = channel_scores(trained, space.searchable, "bn-gamma")
-    counts, threshold, raw = threshold_counts(space, context.target, scores, bounded=settings.bounded)
+    counts, threshold, raw = threshold_counts(space, context.target, scores, bounded=settings.bounded,
+                                              metric=context.metric)
     with torch.no_grad():
         after = float(bn_penalty(trained, space, 1.0)(trained))
     floor, ceil = _limits(space, settings.bounded)

@@ -12,6 +12,7 @@ from ..errors import unknown_name
 from ..models import ModelSpec
 from ..policy import Policy, policy_for
 from ._budget import ALLOCATIONS, check_target, counts_for_target, parse_target
+from ._metric import MetricLike, make_metric
 from ._space import space_for
 
 __all__ = ["apply", "prune"]
@@ -29,8 +30,11 @@ def prune(
     checkpoint: str | None = None,
     batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
     seed: int = 0,
+    metric: MetricLike = "flops",
 ) -> tuple[Policy, nn.Module]:
-    """Prune ``model`` to ``target`` of its MACs (a fraction, or a count like "60M").
+    """Prune ``model`` to ``target`` of a budget ``metric``: its MACs by default (a fraction, or a count like
+    "60M"), "params" (a fraction or "1.2M"), or a metric made from the space (a latency model: a fraction, or
+    "4.5ms"; see :func:`make_metric`).
 
     ``uniform`` keeps one ratio everywhere; ``global`` thresholds all channels
     on ``criterion``. Channels within each group are chosen by ``criterion``.
@@ -40,12 +44,13 @@ def prune(
     if method not in ALLOCATIONS:
         raise unknown_name("method", method, ALLOCATIONS)
     sp = space_for(model, arch, space)
-    fraction = parse_target(target, sp.base.macs)
-    check_target(sp, fraction)
+    budget = make_metric(sp, metric)
+    fraction = parse_target(target, budget.base, budget.name)
+    check_target(sp, fraction, budget)
     scores = sp.scores(criterion, batches=batches, seed=seed)
-    kept = sp.select(counts_for_target(sp, fraction, method, scores), scores)
+    kept = sp.select(counts_for_target(sp, fraction, method, scores, budget), scores)
     policy = policy_for(sp, kept, target=fraction, dataset=dataset, checkpoint=checkpoint, criterion=criterion,
-                        provenance={"agent": method, "seed": seed})
+                        provenance={"agent": method, "seed": seed}, metric=budget)
     return policy, sp.apply(kept)
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._budget_metric import check_budget
 from ..errors import AutopruneError
 from ..models import ModelSpec
 from ..policy import Policy
@@ -20,7 +21,9 @@ class SearchConfig:
 
     ``arch`` names the model (a zoo name, or a user spec's source); ``model``, when given, is its full
     :class:`~autoprune.models.ModelSpec` as a plain mapping, so that ``--resume`` rebuilds the same model
-    (for a user's factory, by importing the factory the original command named).
+    (for a user's factory, by importing the factory the original command named). ``targets`` are fractions
+    of ``metric``'s value for the unpruned model; a latency budget records its measuring settings in
+    ``latency``, so a resumed run budgets what it started with.
     """
 
     arch: str
@@ -54,6 +57,8 @@ class SearchConfig:
     data_workers: int | None = None  # decoding processes of streamed data; None: the CPUs, at most 8
     resize: int | None = None  # evaluation resize of streamed data; None: input size / 0.875
     model: dict[str, Any] | None = None  # the model spec; None: the zoo model ``arch``
+    metric: str = "flops"  # the budget the targets are fractions of: flops (MACs), params or latency
+    latency: dict[str, Any] | None = None  # a latency budget: where it is measured (LatencySettings' fields)
 
     def __post_init__(self) -> None:
         if isinstance(self.model, ModelSpec):
@@ -68,6 +73,7 @@ class SearchConfig:
             raise AutopruneError(f"--top-k must be at least 1, but got {self.top_k}.")
         if self.reward_proxy is not None:
             get_proxy(self.reward_proxy)  # a misspelt or incomplete name fails here, before any work
+        check_budget(self.metric, self.latency)
         if self.workers < 1:
             raise AutopruneError(f"--workers must be at least 1, but got {self.workers}.")
         if not 0 < self.reward_samples < self.holdout:

@@ -68,14 +68,14 @@ class HandcraftedSearcher(Searcher):
     def export(self, env: PruningEnv, run: SearchRunDir, target: float) -> list[int]:
         raise AutopruneError(f"{run.path} is a run of the handcrafted method {self.preset.algorithm!r}: it has no "
                              f"agent; run it at the new target: autoprune search --agent {self.config.agent} "
-                             f"--target-flops {target}.")
+                             f"--target-{env.metric.name} {target}.")
 
     def _answer(self, method: Callable[[Context], Outcome], env: PruningEnv, run: SearchRunDir, target: float) -> Policy:
         """Run the method at ``target`` and make its answer a measured Policy (saving its weights, if any)."""
         config, preset, space, evaluator = self.config, self.preset, env.space, env.evaluator
         context = Context(model=space.model, space=space, evaluator=evaluator, target=target,
                           criterion=preset.criterion, hyperparameters=dict(preset.hyperparameters),
-                          work_dir=run.path / "method" / f"t{target:g}", seed=config.seed)
+                          work_dir=run.path / "method" / f"t{target:g}", seed=config.seed, metric=env.metric)
         context.work_dir.mkdir(parents=True, exist_ok=True)
         run.mark_started()  # the method's own files (method/t<target>) are worth resuming from here on
         run.log(f"target {target:g}: {preset.algorithm} ({preset.name}) started")
@@ -100,13 +100,14 @@ class HandcraftedSearcher(Searcher):
                 raise AutopruneError(f"Method {preset.algorithm!r} answered {n} channels for group {name!r} but "
                                      f"kept {len(kept.get(name, []))} indices; its counts and kept indices must agree.")
         policy = policy_for(source, kept, target=target, dataset=evaluator.dataset.name, checkpoint=checkpoint,
-                            criterion=preset.criterion, provenance=provenance)
+                            criterion=preset.criterion, provenance=provenance, metric=env.metric)
         if outcome.macs is not None:  # more removed than whole channels (zeroed kernels): the method's count
             policy.provenance["channel_macs"] = policy.macs
             policy.macs = int(outcome.macs)
         model = evaluator.judge(source, policy.channels)
         policy.accuracy.update({"holdout": evaluator.holdout(model).top1, "test": evaluator.test(model).top1})
-        run.log(f"target {target:g}: {policy.macs_fraction:.4f} of the MACs, holdout top-1 "
+        budget = "" if env.metric.name == "flops" else f", {policy.budget_fraction:.4f} of the {env.metric.name}"
+        run.log(f"target {target:g}: {policy.macs_fraction:.4f} of the MACs{budget}, holdout top-1 "
                 f"{policy.accuracy['holdout']:.4f} ({elapsed:.1f} s)")
         return policy
 

@@ -164,7 +164,8 @@ def play(trial: Any, env: PruningEnv, target: float | None, screen: Callable[[fl
 
 def objective(env: PruningEnv, preset: Preset, target: float | None, on_episode: Callable[[dict, float], None],
               multi_fidelity: bool) -> Callable[[Any], float | tuple[float, float]]:
-    """The study's objective: play one episode, record it, return the reward (and MACs for NSGA-II)."""
+    """The study's objective: play one episode, record it, return the reward (and for NSGA-II the fraction
+    of the budget metric kept: MACs, params or latency)."""
     import optuna
 
     def run(trial: optuna.Trial) -> float | tuple[float, float]:
@@ -177,11 +178,12 @@ def objective(env: PruningEnv, preset: Preset, target: float | None, on_episode:
         policy = info["policy"]
         for key, value in (("counts", [int(c) for c in info["counts"]]), ("accuracy", float(info["accuracy"])),
                            ("target", float(info["target"])), ("macs_fraction", policy.macs_fraction),
+                           ("fraction", float(info["fraction"])),
                            ("params_fraction", policy.params_fraction), ("cached", bool(info["cached"]))):
             trial.set_user_attr(key, value)
         on_episode(info, reward)
         if preset.spec.one_study:
-            return float(info["accuracy"]), policy.macs_fraction
+            return float(info["accuracy"]), float(info["fraction"])
         return reward
 
     return run

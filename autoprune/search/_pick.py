@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from typing import Any
+
+import numpy as np
 from tqdm.auto import tqdm
 
 from .._io import json_bytes
@@ -18,15 +21,15 @@ from .._table import format_table
 from ..env import PruningEnv
 from ..errors import AutopruneError
 from ..policy import Policy
-from ..pruning import uniform_counts
+from ..pruning import format_value, uniform_counts
 from ._config import SearchConfig, SearchResult
 from ._run_dir import SearchRunDir
 from ._searcher import Candidate, Proposals
 
 __all__ = ["TABLE_HEADER", "pick", "uniform_reference"]
 
-TABLE_HEADER = ["target", "MACs kept", "params kept", "holdout %", "test %", "uniform-L1 holdout %",
-                "uniform-L1 test %"]
+TABLE_HEADER = ["target", "policy", "MACs kept", "params kept", "holdout %", "test %"]
+LATENCY_HEADER = ["predicted ms", "measured ms (spread)", "speed-up x"]  # where the budget is a latency model
 
 
 def pick(config: SearchConfig, run: SearchRunDir, env: PruningEnv, proposals: Proposals, *,
@@ -43,27 +46,42 @@ def pick(config: SearchConfig, run: SearchRunDir, env: PruningEnv, proposals: Pr
     order = [*proposals.answers, *sorted(proposals.pools)]
     bar = tqdm(total=sum(2 if t in proposals.answers else config.top_k + 2 for t in order), desc="final pick",
                unit="eval")
-    rows, policies, references = [], {}, {}
+    rows, policies, references, budget = [], {}, {}, {}
     for target in order:
         if target in proposals.answers:
             policy = proposals.answers[target]
         else:
             policy = _rejudge(config, env, target, proposals.pools[target], bar)
-        u_hold, u_test = references[target] = uniform_reference(env, target)
+        uniform = env.policy(uniform_counts(env.space, target, env.metric), target)
+        references[target] = uniform_reference(env, uniform)
         bar.update(2)
         policies[target] = policy
-        rows.append((f"{target:g}", f"{policy.macs_fraction:.3f}", f"{policy.params_fraction:.3f}",
-                     f"{100 * policy.accuracy['holdout']:.2f}", f"{100 * policy.accuracy['test']:.2f}",
-                     f"{100 * u_hold:.2f}", f"{100 * u_test:.2f}"))
+        budget[f"{target:g}"] = {"pick": _kept(policy), "uniform-L1": _kept(uniform)}
     bar.close()
+    latency = env.metric if env.metric.name == "latency" else None
+    if latency is not None:  # measured once, at the end: the pick and uniform-L1 of every target, and the base
+        _measure(latency, env, policies, budget)
+    for target in order:
+        for name, p in (("pick", policies[target]), ("uniform-L1", None)):
+            kept = budget[f"{target:g}"][name]
+            accuracy = p.accuracy if p is not None else dict(zip(("holdout", "test"), references[target]))
+            rows.append((f"{target:g}", name, f"{kept['macs']:.3f}", f"{kept['params']:.3f}",
+                         f"{100 * accuracy['holdout']:.2f}", f"{100 * accuracy['test']:.2f}")
+                        + (_latency_cells(kept) if latency is not None else ()))
     main = float(config.targets[0]) if config.targets else targets[0]
-    table = format_table(TABLE_HEADER, rows)
+    table = format_table(TABLE_HEADER + (LATENCY_HEADER if latency is not None else []), rows)
+    if env.metric.name != "flops":
+        table += f"\nbudget: {env.metric.name}, targets are fractions of {format_value(env.metric, env.metric.base)}"
     run.log("\n".join(["final", table, *proposals.notes]))
     outputs = {  # all or none; the policy-<target>.json files, which say a search finished, go in last
         "result.json": json_bytes({  # what the table and the log say, for scripts and reports
             "evaluations": proposals.evaluations, "seconds": proposals.seconds, "started": started,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "uniform": {f"{t:g}": {"holdout": h, "test": u} for t, (h, u) in references.items()}}),
+            "uniform": {f"{t:g}": {"holdout": h, "test": u} for t, (h, u) in references.items()},
+            # per target, for the pick and uniform-L1: the fractions kept, and with a latency budget the
+            # predicted and measured seconds and the speed-up over the unpruned model measured beside them
+            "budget": {"metric": env.metric.name, "base": env.metric.base, "unit": env.metric.unit,
+                       "targets": budget}}),
         "policy.json": json_bytes(policies[main].to_dict()),  # the first target asked for
         **{f"policy-{t:g}.json": json_bytes(p.to_dict()) for t, p in policies.items()}}
     run.write_outputs({name: lambda f, data=data: f.write(data) for name, data in outputs.items()})
@@ -95,8 +113,34 @@ def _rejudge(config: SearchConfig, env: PruningEnv, target: float, pool: list[Ca
     return policy
 
 
-def uniform_reference(env: PruningEnv, target: float) -> tuple[float, float]:
-    """Holdout and test accuracy of the uniform-L1 policy at ``target``, the column beside every agent's pick."""
+def uniform_reference(env: PruningEnv, uniform: Policy) -> tuple[float, float]:
+    """Holdout and test accuracy of ``uniform`` (uniform-L1 at a target of the env's budget metric), the row
+    beside every agent's pick."""
     evaluator = env.evaluator
-    reference = evaluator.judge(env.space, env.policy(uniform_counts(env.space, target), target).channels)
+    reference = evaluator.judge(env.space, uniform.channels)
     return evaluator.holdout(reference).top1, evaluator.test(reference).top1
+
+
+def _kept(policy: Policy) -> dict[str, float]:
+    """The fractions of the MACs and params ``policy`` keeps (and of a latency budget, its predicted seconds)."""
+    kept = {"macs": policy.macs_fraction, "params": policy.params_fraction}
+    if (policy.target or {}).get("metric") == "latency":
+        kept["predicted_s"] = float(policy.target["value"])
+    return kept
+
+
+def _measure(latency: Any, env: PruningEnv, policies: dict[float, Policy], budget: dict[str, dict]) -> None:
+    """Really time the picks and uniform-L1 policies (and the unpruned model, for the speed-ups) into ``budget``."""
+    space = env.space
+    base = latency.measure(space.channels.copy())
+    todo = [(f"{t:g}", "pick", [len(p.channels[n]) for n in space.names]) for t, p in policies.items()]
+    todo += [(f"{t:g}", "uniform-L1", uniform_counts(space, t, env.metric).tolist()) for t in policies]
+    for key, name, counts in tqdm(todo, desc="measuring latency", unit="model"):
+        measured = latency.measure(np.asarray(counts, dtype=np.int64))
+        budget[key][name].update(measured_s=measured.median, spread=measured.spread, base_s=base.median,
+                                 speedup=base.median / measured.median)
+
+
+def _latency_cells(kept: dict[str, float]) -> tuple[str, str, str]:
+    return (f"{1e3 * kept['predicted_s']:.3f}", f"{1e3 * kept['measured_s']:.3f} ({100 * kept['spread']:.0f}%)",
+            f"{kept['speedup']:.2f}")

@@ -30,9 +30,9 @@ class Preset:
         name: the preset's name (file stem).
         algorithm: a name of :data:`~autoprune.search.ALGORITHMS` or a method registered in
             ``autoprune.baselines``.
-        targets: MACs fractions; several make an RL agent conditional (CACP), run one Optuna
-            study per target, span the range of NSGA-II's budgets, or run a handcrafted method
-            once per target.
+        targets: fractions of the run's budget metric (MACs by default); several make an RL agent
+            conditional (CACP), run one Optuna study per target, span the range of NSGA-II's
+            budgets, or run a handcrafted method once per target.
         reward: the env's reward form (not used by handcrafted methods).
         criterion: channel selection inside each group (for handcrafted methods: their ranking).
         episodes: episodes (trials) per target; NSGA-II: in all. Meaningless for handcrafted

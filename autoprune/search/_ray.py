@@ -41,7 +41,8 @@ def _episode(params: dict[str, float], search: dict[str, Any], target: float | N
     reward, info = play(FixedTrial(params), _ENVS[key], target)
     policy = info["policy"]
     tune.report({"reward": reward, "accuracy": float(info["accuracy"]), "macs_fraction": policy.macs_fraction,
-                 "params_fraction": policy.params_fraction, "target": float(info["target"]),
+                 "params_fraction": policy.params_fraction, "fraction": float(info["fraction"]),
+                 "target": float(info["target"]),
                  "counts": " ".join(str(int(c)) for c in info["counts"]), "cached": bool(info["cached"]),
                  "node": node_id()})
 
@@ -62,7 +63,7 @@ def run_ray(config: SearchConfig, preset: Preset, env: PruningEnv, study: Any, s
                      *([] if config.checkpoint == "pretrained" else [config.checkpoint])])
         multi = preset.spec.one_study
         searcher = _searcher(space=distributions(env, preset),
-                             metric=["accuracy", "macs_fraction"] if multi else "reward",
+                             metric=["accuracy", "fraction"] if multi else "reward",  # of the budget metric
                              mode=["max", "min"] if multi else "max", sampler=make_sampler(preset, config.seed),
                              storage=storage, study_name=name)
         run_trials(tune.with_parameters(_episode, search=asdict(config), target=target), None,
@@ -80,7 +81,7 @@ def _searcher(**kwargs: Any) -> Any:
             if result and "counts" in result and trial_id in self._ot_trials:
                 trial = self._ot_trials[trial_id]  # the open Optuna trial behind this Tune trial
                 trial.set_user_attr("counts", [int(c) for c in result["counts"].split()])
-                for key in ("accuracy", "target", "macs_fraction", "params_fraction", "cached", "node"):
+                for key in ("accuracy", "target", "macs_fraction", "params_fraction", "fraction", "cached", "node"):
                     trial.set_user_attr(key, result[key])
             super().on_trial_complete(trial_id, result, error)
 

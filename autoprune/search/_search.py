@@ -10,6 +10,7 @@ imports this module.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from datetime import datetime, timezone
@@ -20,10 +21,12 @@ from typing import Any
 
 from torch import nn
 
+from .._budget_metric import budget_metric, check_budget
 from .._io import reading
 from ..errors import AutopruneError, OutputError
 from ..models import ModelSpec, replay_spec
 from ..policy import Policy
+from ..pruning import make_metric, parse_target, space_for
 from ._config import SearchConfig, SearchResult
 from ._pick import pick
 from ._preset import Preset
@@ -78,26 +81,37 @@ def search(config: SearchConfig, out: str | os.PathLike[str], *, resume: bool = 
 
 
 def search_model(model: nn.Module, data_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                 input_size: Sequence[int], targets: Sequence[float] = (0.5,), agent: str = "tpe",
+                 input_size: Sequence[int], targets: Sequence[float | str] = (0.5,), agent: str = "tpe",
                  episodes: int | None = None, output: str | int | None = None, ignore: Sequence[str] = (),
-                 resume: bool = False, overwrite: bool = False, **settings: Any) -> SearchResult:
+                 metric: str = "flops", latency: Any = None, resume: bool = False, overwrite: bool = False,
+                 **settings: Any) -> SearchResult:
     """Search a module object you built (and trained) in Python, on the image folder ``data_dir``.
 
     One call: the model enters as :meth:`ModelSpec.of` (``input_size`` C,H,W; ``output`` picks the
     logits of a tuple/dict output; ``ignore`` keeps layers whole), its weights are searched as they are
     (hashed as the policy's checkpoint), and ``settings`` are further :class:`SearchConfig` fields
-    (``holdout``, ``reward_samples``, ``recal_batches``, ``device``, ``seed``...). ``resume`` continues
-    ``out`` with the same module. Returns the :class:`SearchResult`; ``result.policies[t]`` replays with
+    (``holdout``, ``reward_samples``, ``recal_batches``, ``device``, ``seed``...). ``metric`` is the budget
+    ("flops", "params" or "latency", measured as ``latency`` says: a
+    :class:`~autoprune.latency.LatencySettings` or its fields, None: the defaults); ``targets`` are fractions
+    of it, or absolute values ("60M", "1.2M", "4.5ms"). ``resume`` continues ``out`` with the same module and
+    budget. Returns the :class:`SearchResult`; ``result.policies[t]`` (t the fraction) replays with
     ``autoprune.pruning.apply(model, policy)``.
     """
     spec = ModelSpec.of(model, input_size, output=output, ignore=tuple(ignore))
+    if latency is not None and not isinstance(latency, dict):
+        latency = asdict(latency)
+    if metric == "latency" and latency is None:
+        latency = {}
     if resume:
-        config = resume_config(out)
+        config = resume_config(out, budget=(metric, latency))
         if config.model_spec.identity() != spec.identity():
             raise AutopruneError(f"{out} searched another model ({config.model_spec.describe()}).")
     else:
+        check_budget(metric, latency)
+        base = functools.cache(lambda: make_metric(space_for(model, spec), budget_metric(metric, latency)).base)
         config = SearchConfig(arch=spec.source, model=spec.to_dict(), data_dir=str(data_dir), agent=agent,
-                              checkpoint="none", targets=[float(t) for t in targets], episodes=episodes, **settings)
+                              checkpoint="none", targets=[parse_target(t, base, metric) for t in targets],
+                              episodes=episodes, metric=metric, latency=latency, **settings)
     return search(config, out, resume=resume, overwrite=overwrite, model=model)
 
 
@@ -107,8 +121,10 @@ def _say(message: str) -> None:
 
 
 def resume_config(run_dir: str | os.PathLike[str], arch: str | None = None, space: str | None = None,
-                  model: ModelSpec | None = None) -> SearchConfig:
-    """The configuration of the run in ``run_dir``; refuses an ``arch``/``space``/``model`` that differs from it."""
+                  model: ModelSpec | None = None, budget: tuple[str, dict[str, Any] | None] | None = None) -> SearchConfig:
+    """The configuration of the run in ``run_dir``; refuses an ``arch``/``space``/``model`` that differs from it,
+    and a ``budget`` (metric, latency settings; settings None: not given) other than the run's: a run keeps the
+    metric and the measuring settings it started with, since its targets, rewards and agent are of them."""
     run = SearchRunDir.open(run_dir, writing=False)
     saved = run.read_config()
     if model is not None:
@@ -119,6 +135,16 @@ def resume_config(run_dir: str | os.PathLike[str], arch: str | None = None, spac
         if given is not None and given != saved.get(key):
             raise AutopruneError(f"{run_dir} is a run for {key} {saved.get(key)!r}, not {given!r}; "
                                  f"resume it without --{key}, or start a new run.")
+    if budget is not None:
+        metric, latency = budget
+        recorded = saved.get("metric", "flops")  # a run begun before budgets had metrics budgets MACs
+        if metric != recorded:
+            raise AutopruneError(f"{run_dir} searched under a {recorded} budget, not {metric}: a run keeps its "
+                                 f"budget metric (resume it with --target-{recorded} or no target, or start a new run).")
+        if latency is not None and any(saved.get("latency", {}).get(k) != v for k, v in latency.items()
+                                       if v is not None):
+            raise AutopruneError(f"{run_dir} measures latency with {saved.get('latency')}, not {latency}: a run "
+                                 "keeps where it measures (resume it without the --latency-* options).")
     with reading(run.path / "config.yaml", "Run configuration", hint="Restore it from a copy of the run."):
         config = SearchConfig(**saved)
         resolve_preset(config)  # the saved preset must be one too

@@ -7,17 +7,20 @@ orchestrator that started them.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 from torch import nn
 
+from .._budget_metric import budget_metric
 from ..checkpoints import load_model
 from ..env import EnvConfig, PruningEnv
 from ..errors import AutopruneError
 from ..evaluate import Evaluator, check_classes
 from ..models import state_sha256
 from ..proxies import get_proxy
-from ..pruning import PrunableSpace, space_for
+from ..pruning import Metric, PrunableSpace, make_metric, reachable, space_for
 from ._config import SearchConfig
 from ._preset import Preset, load_preset
 
@@ -35,6 +38,23 @@ def resolve_preset(config: SearchConfig) -> Preset:
         targets = tuple(sorted(set(preset.targets) | set(asked))) if len(preset.targets) > 1 else asked
         preset = replace(preset, targets=targets)
     return preset
+
+
+def _within_reach(preset: Preset, space: PrunableSpace, metric: Metric, asked: Sequence[float]) -> Preset:
+    """A conditional preset's own range, moved into what the budget metric can reach on this space.
+
+    The shipped ranges (0.3 to 0.7) are fractions that MACs reach; a latency with a fixed overhead,
+    or params held by layers left whole, may not go as low. A range target below the reachable
+    minimum is raised to the first multiple of 0.05 above it (dropped if none is below 1); a target
+    the user asked for is left as it is, so an unreachable one is refused with the reachable range.
+    """
+    if len(preset.targets) < 2:
+        return preset
+    low, _ = reachable(space, metric)
+    floor = math.ceil(low * 20 - 1e-9) / 20
+    moved = {t if t >= low or t in asked else floor for t in preset.targets}
+    targets = tuple(sorted(t for t in moved if t < 1.0))
+    return preset if targets == preset.targets else replace(preset, targets=targets)
 
 
 def setup(config: SearchConfig, model: nn.Module | None = None) -> tuple[Preset, PruningEnv, Evaluator, PrunableSpace]:
@@ -69,6 +89,8 @@ def setup(config: SearchConfig, model: nn.Module | None = None) -> tuple[Preset,
     check_classes(model, space.info.classifier, evaluator.dataset)
     # a method that selects its own channels: the env only prices its answers and gives the uniform-L1 reference
     criterion = "l1" if kind.selects_channels else preset.criterion
+    metric = make_metric(space, budget_metric(config.metric, config.latency))
+    preset = _within_reach(preset, space, metric, config.targets or ())
     env = PruningEnv(space, evaluator, EnvConfig(targets=preset.targets, reward=preset.reward, criterion=criterion),
-                     dataset=evaluator.dataset.name, checkpoint=sha)
+                     dataset=evaluator.dataset.name, checkpoint=sha, metric=metric)
     return preset, env, evaluator, space

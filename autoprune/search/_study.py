@@ -90,9 +90,9 @@ def _warm_start(study: Any, env: PruningEnv, target: float | None, preset: Prese
         return {"target": t, **p} if target is None else p
 
     for t in ([target] if target is not None else preset.targets):
-        study.enqueue_trial(params(uniform_counts(space, t) / channels, t))
+        study.enqueue_trial(params(uniform_counts(space, t, env.metric) / channels, t))
     for policy in policies:
-        t = target if target is not None else float(np.clip(policy.macs_fraction, min(preset.targets),
+        t = target if target is not None else float(np.clip(policy.budget_fraction, min(preset.targets),
                                                                 max(preset.targets)))
         study.enqueue_trial(params(np.array([policy.ratios[n] for n in space.names]), t))
 
@@ -255,7 +255,8 @@ def _candidates(pairs: list[tuple[float | None, Any]], targets: tuple[float, ...
             a = trial.user_attrs
             if "counts" not in a:
                 continue
-            for t in ([target] if target is not None else [t for t in targets if a["macs_fraction"] <= t + 1e-9]):
+            kept = a.get("fraction", a["macs_fraction"])  # a trial of a study begun before budgets had metrics: MACs
+            for t in ([target] if target is not None else [t for t in targets if kept <= t + 1e-9]):
                 add_candidate(candidates, t, trial.values[0], a["counts"])
     return candidates
 
