@@ -105,3 +105,9 @@ def tmpfs(path: Path, options: str):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The cluster tests run last: Ray keeps the token a driver authenticated with for the rest of the process,
+    so a local Ray started after them in the same pytest process is refused (InvalidAuthToken)."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)  # stable: the rest keep their order

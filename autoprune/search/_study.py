@@ -190,6 +190,9 @@ def _worker(config: dict[str, Any], storage_url: str, name: str, target: float |
             study.optimize(run, n_trials=1)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # both workers popped the same enqueued trial (SQLite has no row locks): the other one told it
+        except ValueError as e:  # the same race as Optuna 5 reports it, from its tell
+            if "Cannot tell a COMPLETE trial" not in str(e):
+                raise
 
 
 def _parallel(study: Any, config: SearchConfig, storage_url: str, name: str, target: float | None, n_trials: int,
