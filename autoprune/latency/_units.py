@@ -52,6 +52,16 @@ class Unit:
         return [whole] + [{**whole, j: v} for j, grid in zip(self.axes, self.grids) for v in grid]
 
 
+
+def _forward_once(model: nn.Module, example: torch.Tensor, hooks: list) -> None:
+    """One forward pass without gradients that the ``hooks`` observe; they are removed after it, whatever happens."""
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+
 def grid_points(space: PrunableSpace, j: int, points: int) -> tuple[int, ...]:
     """Up to ``points`` counts of group ``j`` spread evenly over its options (both ends included): the
     options are multiples of the space's step (its ``round``), so the grid is too."""
@@ -69,12 +79,7 @@ def _calls(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
             ok = not kwargs and all(isinstance(a, torch.Tensor) for a in args)
             calls[name] = -1 if not ok or calls.get(name, 0) < 0 else calls.get(name, 0) + 1
         hooks.append(module.register_forward_pre_hook(count, with_kwargs=True))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_once(model, example, hooks)
     return calls
 
 
@@ -159,11 +164,6 @@ def capture_inputs(model: nn.Module, names: Iterable[str], example: torch.Tensor
             flat = result if isinstance(result, (tuple, list)) else [result]
             shapes[name] = [tuple(r.shape) for r in flat if isinstance(r, torch.Tensor)]
         hooks += [module.register_forward_pre_hook(keep), module.register_forward_hook(out)]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_once(model, example, hooks)
     for name, args in seen.items():
         yield name, model.get_submodule(name), args, shapes[name]
