@@ -88,6 +88,11 @@ def _fractions(values: Sequence[str | float], arch: str | ModelSpec, space: str 
 _LATENCY_OPTIONS = ("runtime", "device", "batch", "threads", "dtype")
 
 
+def _check_round_to(value: int | None) -> None:
+    if value is not None and value < 1:
+        raise AutopruneError(f"--round-to must be at least 1, but got {value}.")
+
+
 def _budget(args: argparse.Namespace) -> tuple[str, list[str] | None, dict | None]:
     """The budget the command line names: its metric, the targets given (None: none) and the latency settings
     (the --latency-* options given; {} for a latency budget with the defaults, None for another budget)."""
@@ -251,7 +256,8 @@ def run_prune(args: argparse.Namespace) -> int:
     budget = budget_metric(metric, latency)  # a runtime or device that cannot time: refused before any work
     RunDir.check(out, kind="prune", overwrite=args.overwrite)
     model, sha = load_model(spec, args.checkpoint)
-    space_for(model, spec, args.space)  # a model that cannot be pruned is refused here, before anything is written
+    _check_round_to(args.round_to)
+    space_for(model, spec, args.space, round_to=args.round_to)  # a model that cannot be pruned is refused here
     target = _fractions(values, spec, args.space, metric, latency)[0]
     batches, dataset_name = None, args.dataset
     if args.criterion in ("taylor", "reconstruction"):  # they score on training batches
@@ -263,7 +269,7 @@ def run_prune(args: argparse.Namespace) -> int:
         batches = list(evaluator.recal_loader)
     policy, pruned = prune(model, spec, target, method=args.method, criterion=args.criterion,
                            space=args.space, dataset=dataset_name, checkpoint=sha, batches=batches, seed=args.seed,
-                           metric=budget)
+                           metric=budget, round_to=args.round_to)
     pruned = pruned.cpu()
     run = RunDir.create(out, kind="prune", overwrite=args.overwrite)
     with run.cleanup_unless_started():  # both files or neither: a policy.json must describe its model.pt
@@ -293,6 +299,7 @@ def run_search(args: argparse.Namespace) -> int:
         given = _given_spec(args)
         zoo = given is not None and given == ModelSpec(given.source)  # a bare zoo name: the arch check says it
         config = resume_config(args.resume, arch=given.source if zoo else None, space=args.space,
+                               round_to=args.round_to,
                                model=None if zoo else given,
                                budget=(metric, latency) if values is not None or latency is not None else None)
         out = Path(args.resume)
@@ -305,7 +312,7 @@ def run_search(args: argparse.Namespace) -> int:
         targets = _fractions(values, spec, args.space, metric, latency) if values else None
         config = SearchConfig(arch=arch, model=None if spec == ModelSpec(arch) else spec.to_dict(),
                               data_dir=args.data_dir, agent=args.agent, checkpoint=args.checkpoint,
-                              targets=targets, episodes=args.episodes, space=args.space,
+                              targets=targets, episodes=args.episodes, space=args.space, round_to=args.round_to,
                               dataset=args.dataset, seed=args.seed, device=args.device, holdout=args.holdout,
                               reward_samples=args.reward_samples, recal_batches=args.recal_batches, top_k=args.top_k,
                               multi_fidelity=args.multi_fidelity, reward_proxy=args.reward_proxy,
@@ -509,6 +516,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         named = {} if spec == ModelSpec(arch) else {"model": spec.to_dict()}
         metric, values, latency = _budget(args)
         budget = {"metric": metric, "latency": latency} if metric != "flops" else {}
+        rounding = {"round_to": args.round_to} if args.round_to is not None else {}
         config = SweepConfig(arch=arch, data_dir=args.data_dir,
                              targets=tuple(_fractions(values or [0.3, 0.5, 0.7], spec, None, metric, latency)),
                              agents=tuple(args.agents),
@@ -516,7 +524,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                              preset=args.preset, seed=args.seed,
                              search={"dataset": args.dataset, "holdout": args.holdout, "device": args.device,
                                      "reward_samples": args.reward_samples, "recal_batches": args.recal_batches,
-                                     **named, **budget, **_data_options(args)},
+                                     **named, **budget, **rounding, **_data_options(args)},
                              train={"dataset": args.dataset, "holdout": args.holdout, **named, **_data_options(args)})
         out = Path(args.out) if args.out else _default_out(f"{_label(spec)}-sweep")
         outcomes = sweep(config, out, options, overwrite=args.overwrite, cli_options={"report": args.report})

@@ -122,6 +122,10 @@ def _add_budget_args(p: argparse.ArgumentParser, *, many: bool, required: bool, 
         flags = [f"--target-{metric}"] + ([flops_alias] if metric == "flops" and flops_alias else [])
         g.add_argument(*flags, dest=f"target_{metric}", nargs="+" if many else None, metavar="F",
                        help=(f"target(s), each {help_text}" if many else help_text) + more)
+    p.add_argument("--round-to", type=int, metavar="N",
+                   help="every searched group keeps a multiple of N channels (default: the space's rounding, 1 in the "
+                        "zoo's spaces); 8 or 16 match the vector units of most CPUs and GPUs, so a latency budget "
+                        "buys more with them (see the README's latency section)")
     if not latency:
         return
     g = p.add_argument_group("latency (with --target-latency: where the latency is measured)")

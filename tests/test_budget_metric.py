@@ -321,3 +321,47 @@ def test_search_model_takes_the_budget_metric(tiny, tmp_path):
     assert policy.params <= 140_000 and target == pytest.approx(140_000 / policy.base_params)
     with pytest.raises(AutopruneError, match="searched under a params budget"):
         search_model(net, tiny / "data", tmp_path / "run", input_size=(3, 32, 32), resume=True)
+
+
+# -- channel rounding -----------------------------------------------------------------------------------------------
+def _multiples(policy: Policy, n: int, widths: dict[str, int]) -> bool:
+    return all(len(kept) % n == 0 or len(kept) == widths[name] for name, kept in policy.channels.items())
+
+
+def test_round_to_makes_every_count_a_multiple_and_keys_its_own_latency_table():
+    from autoprune.latency._cache import structure_hash
+    from autoprune.models import create
+    from autoprune.pruning import PrunableSpace
+
+    model = create("resnet20").eval()
+    plain, eights = PrunableSpace(model, "resnet20"), PrunableSpace(model, "resnet20", round_to=8)
+    assert set(plain.steps.tolist()) == {1} and set(eights.steps.tolist()) == {8}
+    assert all((eights.count_options(j) % 8 == 0).all() for j in range(len(eights.searchable)))
+    assert (eights.counts(np.full(len(eights.searchable), 0.55)) % 8 == 0).all()
+    assert structure_hash(plain) != structure_hash(eights)  # a latency table of one is never read for the other
+    with pytest.raises(AutopruneError, match="round must be at least 1"):
+        PrunableSpace(model, "resnet20", round_to=0)
+
+
+def test_round_to_from_the_command_line_the_search_and_its_resume(tiny, capsys, tmp_path):
+    from conftest import search_config
+
+    from autoprune.search import resume_config, search
+
+    code, _, err = _cli(capsys, "prune", "--arch", "resnet20", "--checkpoint", tiny / "r20.th", "--target-flops", "0.5",
+                        "--round-to", 8, "--out", tmp_path / "p")
+    assert code == 0, err
+    policy = Policy.load(tmp_path / "p" / "policy.json")
+    _, space = zoo_space("resnet20")
+    widths = {g.name: g.channels for g in space.searchable}
+    assert _multiples(policy, 8, widths) and policy.macs_fraction <= 0.5
+    result = search(search_config(tiny, "tpe", episodes=2, targets=[0.5], round_to=4), tmp_path / "run")
+    assert all(_multiples(p, 4, widths) for p in result.policies.values())
+    assert resume_config(tmp_path / "run").round_to == 4
+    with pytest.raises(AutopruneError, match="run for round-to 4, not 8"):
+        resume_config(tmp_path / "run", round_to=8)
+    code, _, err = _cli(capsys, "prune", "--arch", "resnet20", "--checkpoint", tiny / "r20.th", "--target-flops", "0.5",
+                        "--round-to", 0, "--out", tmp_path / "q")
+    assert code == 2 and "--round-to must be at least 1" in err and "Traceback" not in err
+    with pytest.raises(AutopruneError, match="--round-to must be an integer of at least 1"):
+        search_config(tiny, "tpe", round_to=0)

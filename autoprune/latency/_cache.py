@@ -31,7 +31,7 @@ __all__ = ["FORMAT", "default_cache_dir", "structure_hash", "cache_path", "base_
 
 T = TypeVar("T")
 
-FORMAT = 1
+FORMAT = 2  # 2: tables of the fastest call (1: of the median)
 
 
 def default_cache_dir() -> Path:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -81,7 +81,7 @@ class LatencyModel:
         self.scale, self.offset = float(cal["scale"]), float(cal["offset"])
         self.calibration_points: list[dict[str, Any]] = list(cal["points"])
         self.base_measurement = Measurement(**entry["base"])
-        self.base = self.base_measurement.median
+        self.base = self.base_measurement.fastest
         self.build_seconds = float(entry["build_seconds"])
         self._table = CompiledTable(self.tables, space.channels)
         self._channels = np.asarray(space.channels, dtype=np.int64)
@@ -108,11 +108,15 @@ class LatencyModel:
 
     def measure(self, counts: np.ndarray) -> Measurement:
         """Build the model pruned to ``counts`` and time it end to end (with the model's timer, if it has one)."""
-        pruned = self.pruned(counts)
-        example = _batched(_example(self.space), self.settings.batch)
-        if self.timer is not None:
-            return self.timer(pruned, (example,), self.settings)
-        return measure_latency(pruned, example, self.settings)
+        return self.measure_all([counts])[0]
+
+    def measure_all(self, policies: Sequence[np.ndarray], *, progress: bool = False) -> list[Measurement]:
+        """:meth:`measure` of each of ``policies``, timed interleaved: compare these with each other (a speed-up
+        over the unpruned model timed among them), not with a timing of another moment."""
+        example = (_batched(_example(self.space), self.settings.batch),)
+        models = [self.pruned(c) for c in policies]
+        with fixed_threads(self.settings.threads):
+            return _time_jobs([(m, example) for m in models], self.settings, self.timer, progress, "measuring latency")
 
     def __repr__(self) -> str:
         return (f"LatencyModel({self.space.arch}, {self.settings.runtime} on {self.settings.device}, batch "
@@ -130,7 +134,7 @@ def _timer_name(timer: Timer | None) -> str:
 
 def build_latency_model(space: PrunableSpace, settings: LatencySettings, *,
                         cache_dir: str | os.PathLike[str] | None = None, timer: Timer | None = None,
-                        progress: bool = True, grid: int = 8, calibration: int = 5) -> LatencyModel:
+                        progress: bool = True, grid: int = 8, calibration: int = 10) -> LatencyModel:
     """The latency model of ``space`` in ``settings``: loaded from the cache when it was built for exactly this
     setting (see :mod:`._cache`), else measured (minutes for a ResNet-56 on a CPU) and cached.
 
@@ -209,10 +213,10 @@ def _measure(space: PrunableSpace, settings: LatencySettings, key: dict[str, Any
     jobs += [(pruned_model(space, c), (_batched(example, settings.batch),)) for c in policies]
     seconds = _time_jobs(jobs, settings, timer, progress)
 
-    tables = [UnitTable(u, tuple(seconds[i].median for i in points)) for u, points in zip(units, at)]
+    tables = [UnitTable(u, tuple(seconds[i].fastest for i in points)) for u, points in zip(units, at)]
     compiled = CompiledTable(tables, space.channels)
     sums = np.array([compiled(c) for c in policies])
-    measured = np.array([m.median for m in seconds[first_e2e:]])
+    measured = np.array([m.fastest for m in seconds[first_e2e:]])
     scale, offset = _fit(sums, measured)
     points = [{"counts": c.tolist(), "table": float(s), "measured": m.to_dict()}
               for c, s, m in zip(policies, sums, seconds[first_e2e:])]
@@ -222,13 +226,13 @@ def _measure(space: PrunableSpace, settings: LatencySettings, key: dict[str, Any
 
 
 def _time_jobs(jobs: list[tuple[nn.Module, tuple[torch.Tensor, ...]]], settings: LatencySettings,
-               timer: Timer | None, progress: bool) -> list[Measurement]:
+               timer: Timer | None, progress: bool, desc: str = "latency table") -> list[Measurement]:
     if timer is not None:
         return [timer(m, args, settings) for m, args in jobs]
     runtime = runtime_for(settings)
-    runners = [runtime.prepare(m, args) for m, args in tqdm(jobs, desc=f"latency table: {runtime.name} set-up",
+    runners = [runtime.prepare(m, args) for m, args in tqdm(jobs, desc=f"{desc}: {runtime.name} set-up",
                                                             unit="model", disable=not progress, leave=False)]
-    return time_interleaved(runners, settings, progress=progress, desc="latency table: timing")
+    return time_interleaved(runners, settings, progress=progress, desc=f"{desc}: timing")
 
 
 def _fit(sums: np.ndarray, measured: np.ndarray) -> tuple[float, float]:

@@ -23,8 +23,9 @@ class LatencySettings:
     ``threads`` None means ``torch.get_num_threads()`` when the table is built (:meth:`resolved` fills it
     in, so the key names the number really used). The timing follows the field's habits: ``warmup``
     untimed calls, then ``repeats`` timed calls spread over ``rounds`` interleaved passes (several things
-    timed together take turns, so a load change on a shared machine hits them all alike), reported as the
-    median with the 10th and 90th percentiles.
+    timed together take turns, a couple of calls each, so a load change on a shared machine hits them all
+    alike), reported as the fastest call (the figure predicted and budgeted, see ``Measurement``), the median
+    and the 10th and 90th percentiles.
     """
 
     runtime: str = "torch"
@@ -34,7 +35,7 @@ class LatencySettings:
     dtype: str = "float32"
     warmup: int = 10
     repeats: int = 50
-    rounds: int = 5
+    rounds: int = 25
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:

@@ -31,6 +31,7 @@ def prune(
     batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
     seed: int = 0,
     metric: MetricLike = "flops",
+    round_to: int | None = None,
 ) -> tuple[Policy, nn.Module]:
     """Prune ``model`` to ``target`` of a budget ``metric``: its MACs by default (a fraction, or a count like
     "60M"), "params" (a fraction or "1.2M"), or a metric made from the space (a latency model: a fraction, or
@@ -38,12 +39,13 @@ def prune(
 
     ``uniform`` keeps one ratio everywhere; ``global`` thresholds all channels
     on ``criterion``. Channels within each group are chosen by ``criterion``.
-    ``arch`` is the model's spec (a :class:`~autoprune.models.ModelSpec` or a zoo name).
+    ``arch`` is the model's spec (a :class:`~autoprune.models.ModelSpec` or a zoo name). ``round_to`` makes
+    every group keep a multiple of that many channels (see :class:`PrunableSpace`).
     Returns the policy and the physically pruned copy (``model`` is untouched).
     """
     if method not in ALLOCATIONS:
         raise unknown_name("method", method, ALLOCATIONS)
-    sp = space_for(model, arch, space)
+    sp = space_for(model, arch, space, round_to=round_to)
     budget = make_metric(sp, metric)
     fraction = parse_target(target, budget.base, budget.name)
     check_target(sp, fraction, budget)

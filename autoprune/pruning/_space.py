@@ -52,6 +52,9 @@ class PrunableSpace:
             (models outside the zoo: "all", every group except the stem's).
         ignore: fnmatch patterns over module names, added to the spec's: layers whose output channels are never
             pruned (as Torch-Pruning's ``ignored_layers`` and the classifier: their inputs follow the layers before).
+        round_to: every searched group keeps a multiple of this many channels, instead of the space's ``round``
+            (1 unless its YAML says): vector units work in 8 or 16 lanes, so a width between two multiples costs
+            about as much as the next multiple up (measured: ``scripts/bench_latency.py --cells rounding``).
 
     Raises:
         ModelError: the model rejects its input size, cannot be traced (the message names the module, the
@@ -59,11 +62,14 @@ class PrunableSpace:
     """
 
     def __init__(self, model: nn.Module, spec: ModelSpec | str | torch.Tensor,
-                 space: str | os.PathLike[str] | None = None, *, ignore: Sequence[str] = ()) -> None:
+                 space: str | os.PathLike[str] | None = None, *, ignore: Sequence[str] = (),
+                 round_to: int | None = None) -> None:
         self.model = model
         self.info: ModelSpec = resolve(model, _as_spec(model, spec, ignore))
         self.arch = self.info.source
         self.spec: SpaceSpec = load_spec(self.info.family, space)
+        if round_to is not None:
+            self.spec = replace(self.spec, round=round_to)  # SpaceSpec checks it
         device = next(model.parameters()).device
         example = torch.zeros(1, *self.info.input_size, device=device)
         with every_output(model), recording_output_sizes(model) as shapes:  # every head's channels are traced
@@ -458,11 +464,11 @@ _CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str, tuple[str, ...
 
 
 def space_for(model: nn.Module, spec: ModelSpec | str | torch.Tensor, space: str | os.PathLike[str] | None = None,
-              *, ignore: Sequence[str] = ()) -> PrunableSpace:
+              *, ignore: Sequence[str] = (), round_to: int | None = None) -> PrunableSpace:
     """The :class:`PrunableSpace` of ``model``, built on first use and cached with the model."""
     per_model = _CACHE.setdefault(model, {})
     spec = _as_spec(model, spec, ignore)
-    key = (spec.defaults().key(), str(space), ())  # a zoo name and its recorded spec share one trace
+    key = (spec.defaults().key(), str(space), round_to)  # a zoo name and its recorded spec share one trace
     if key not in per_model:
-        per_model[key] = PrunableSpace(model, spec, space)
+        per_model[key] = PrunableSpace(model, spec, space, round_to=round_to)
     return per_model[key]

@@ -33,6 +33,7 @@ class SearchConfig:
     targets: list[float] | None = None  # None: the preset's
     episodes: int | None = None  # per target; None: the preset's
     space: str | None = None
+    round_to: int | None = None  # kept channels a multiple of this; None: the space's rounding
     dataset: str = "cifar10"
     seed: int = 0
     device: str = "auto"
@@ -69,6 +70,8 @@ class SearchConfig:
             raise AutopruneError(f"arch {self.arch!r} and the model spec's source {self.model_spec.source!r} differ.")
         if self.episodes is not None and self.episodes < 1:
             raise AutopruneError(f"--episodes must be at least 1, but got {self.episodes}.")
+        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
+            raise AutopruneError(f"--round-to must be an integer of at least 1, but got {self.round_to!r}.")
         if self.top_k < 1:
             raise AutopruneError(f"--top-k must be at least 1, but got {self.top_k}.")
         if self.reward_proxy is not None:

@@ -129,7 +129,7 @@ def _trained_space(space: PrunableSpace, weights: dict[str, Any], space_arg: str
     except RuntimeError as e:
         raise AutopruneError(f"Agent {name!r} returned weights that do not fit {space.arch}: "
                              f"{str(e).splitlines()[0]}") from e
-    return space_for(model, space.arch, space_arg)
+    return space_for(model, space.arch, space_arg, round_to=space.spec.round)
 
 
 def _plain(value: Any) -> Any:

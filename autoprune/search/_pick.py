@@ -20,6 +20,7 @@ from .._io import json_bytes
 from .._table import format_table
 from ..env import PruningEnv
 from ..errors import AutopruneError
+from ..latency import LatencyModel
 from ..policy import Policy
 from ..pruning import format_value, uniform_counts
 from ._config import SearchConfig, SearchResult
@@ -46,21 +47,21 @@ def pick(config: SearchConfig, run: SearchRunDir, env: PruningEnv, proposals: Pr
     order = [*proposals.answers, *sorted(proposals.pools)]
     bar = tqdm(total=sum(2 if t in proposals.answers else config.top_k + 2 for t in order), desc="final pick",
                unit="eval")
-    rows, policies, references, budget = [], {}, {}, {}
+    rows, policies, references, budget, uniforms = [], {}, {}, {}, {}
     for target in order:
         if target in proposals.answers:
             policy = proposals.answers[target]
         else:
             policy = _rejudge(config, env, target, proposals.pools[target], bar)
-        uniform = env.policy(uniform_counts(env.space, target, env.metric), target)
+        uniforms[target] = uniform = env.policy(uniform_counts(env.space, target, env.metric), target)
         references[target] = uniform_reference(env, uniform)
         bar.update(2)
         policies[target] = policy
         budget[f"{target:g}"] = {"pick": _kept(policy), "uniform-L1": _kept(uniform)}
     bar.close()
-    latency = env.metric if env.metric.name == "latency" else None
+    latency = env.metric if isinstance(env.metric, LatencyModel) else None
     if latency is not None:  # measured once, at the end: the pick and uniform-L1 of every target, and the base
-        _measure(latency, env, policies, budget)
+        _measure(latency, policies, uniforms, budget)
     for target in order:
         for name, p in (("pick", policies[target]), ("uniform-L1", None)):
             kept = budget[f"{target:g}"][name]
@@ -129,16 +130,17 @@ def _kept(policy: Policy) -> dict[str, float]:
     return kept
 
 
-def _measure(latency: Any, env: PruningEnv, policies: dict[float, Policy], budget: dict[str, dict]) -> None:
-    """Really time the picks and uniform-L1 policies (and the unpruned model, for the speed-ups) into ``budget``."""
-    space = env.space
-    base = latency.measure(space.channels.copy())
-    todo = [(f"{t:g}", "pick", [len(p.channels[n]) for n in space.names]) for t, p in policies.items()]
-    todo += [(f"{t:g}", "uniform-L1", uniform_counts(space, t, env.metric).tolist()) for t in policies]
-    for key, name, counts in tqdm(todo, desc="measuring latency", unit="model"):
-        measured = latency.measure(np.asarray(counts, dtype=np.int64))
-        budget[key][name].update(measured_s=measured.median, spread=measured.spread, base_s=base.median,
-                                 speedup=base.median / measured.median)
+def _measure(latency: LatencyModel, policies: dict[float, Policy], uniforms: dict[float, Policy],
+             budget: dict[str, dict]) -> None:
+    """Really time the picks and uniform-L1 policies, with the unpruned model for the speed-ups, into ``budget``:
+    all in one interleaved timing, so a load change on the machine hits them alike."""
+    names = latency.space.names
+    todo = [(f"{t:g}", name, p) for t, p in policies.items() for name, p in (("pick", p), ("uniform-L1", uniforms[t]))]
+    base, *measured = latency.measure_all([latency.space.channels] + [
+        np.array([len(p.channels[n]) for n in names], dtype=np.int64) for _, _, p in todo], progress=True)
+    for (key, name, _), m in zip(todo, measured):
+        budget[key][name].update(measured_s=m.fastest, spread=m.spread, base_s=base.fastest,
+                                 speedup=base.fastest / m.fastest)
 
 
 def _latency_cells(kept: dict[str, float]) -> tuple[str, str, str]:

@@ -121,7 +121,7 @@ def _say(message: str) -> None:
 
 
 def resume_config(run_dir: str | os.PathLike[str], arch: str | None = None, space: str | None = None,
-                  model: ModelSpec | None = None, budget: tuple[str, dict[str, Any] | None] | None = None) -> SearchConfig:
+                  round_to: int | None = None, model: ModelSpec | None = None, budget: tuple[str, dict[str, Any] | None] | None = None) -> SearchConfig:
     """The configuration of the run in ``run_dir``; refuses an ``arch``/``space``/``model`` that differs from it,
     and a ``budget`` (metric, latency settings; settings None: not given) other than the run's: a run keeps the
     metric and the measuring settings it started with, since its targets, rewards and agent are of them."""
@@ -131,10 +131,11 @@ def resume_config(run_dir: str | os.PathLike[str], arch: str | None = None, spac
         recorded = ModelSpec.from_dict(saved["model"]) if saved.get("model") else ModelSpec(str(saved.get("arch")))
         replay_spec(recorded, model, what=f"{run_dir}")
         arch = None
-    for key, given in (("arch", arch), ("space", space)):
+    for key, given in (("arch", arch), ("space", space), ("round_to", round_to)):
         if given is not None and given != saved.get(key):
-            raise AutopruneError(f"{run_dir} is a run for {key} {saved.get(key)!r}, not {given!r}; "
-                                 f"resume it without --{key}, or start a new run.")
+            flag = key.replace("_", "-")
+            raise AutopruneError(f"{run_dir} is a run for {flag} {saved.get(key)!r}, not {given!r}; "
+                                 f"resume it without --{flag}, or start a new run.")
     if budget is not None:
         metric, latency = budget
         recorded = saved.get("metric", "flops")  # a run begun before budgets had metrics budgets MACs

@@ -85,7 +85,7 @@ def setup(config: SearchConfig, model: nn.Module | None = None) -> tuple[Preset,
                                         cache_limit=config.cache_limit, skip_bad_images=config.skip_bad_images,
                                         resize=config.resize, workers=config.data_workers,
                                         proxy=get_proxy(preset.reward_proxy, seed=config.seed))
-    space = space_for(model, spec, config.space)
+    space = space_for(model, spec, config.space, round_to=config.round_to)
     check_classes(model, space.info.classifier, evaluator.dataset)
     # a method that selects its own channels: the env only prices its answers and gives the uniform-L1 reference
     criterion = "l1" if kind.selects_channels else preset.criterion
