@@ -233,3 +233,15 @@ def test_time_interleaved_takes_turns():
     ms = time_interleaved(runners, LatencySettings(warmup=0, repeats=4, rounds=2, threads=1))
     assert [m.repeats for m in ms] == [4, 4]
     assert sorted(order[:4]) == sorted(order[4:]) == ["a", "a", "b", "b"]  # each round times both, twice each
+
+
+def test_a_calibration_too_noisy_for_a_line_falls_back_to_a_scale_that_stays_positive():
+    from autoprune.latency._model import _fit
+
+    assert _fit(np.array([1.0, 2.0, 3.0]), np.array([1.5, 2.5, 3.5])) == pytest.approx((1.0, 0.5))
+    # noise larger than the policies' spread: the line would be negative at the narrowest policy
+    with pytest.warns(UserWarning, match="using a scale alone"):
+        scale, offset = _fit(np.array([1.0, 2.0, 3.0]), np.array([0.01, 0.02, 10.0]))
+    assert offset == 0 and scale > 0
+    with pytest.warns(UserWarning, match="using a scale alone"):  # one width only
+        assert _fit(np.array([2.0, 2.0]), np.array([3.0, 5.0])) == pytest.approx((2.0, 0.0))

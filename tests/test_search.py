@@ -13,6 +13,21 @@ from autoprune.search import list_presets, load_preset, search
 from autoprune.search import _run_dir
 
 
+
+def test_the_final_pick_says_where_its_time_went_and_judges_the_uniform_answer_once(tiny, tmp_path):
+    """result.json and the table's footer split the run's time; the uniform method's answer is its own
+    reference (the same model judged alike), with the figures a separate re-judgement gives."""
+    searched = search(config(tiny, "tpe", episodes=3, targets=[0.5]), tmp_path / "tpe")
+    spent = json.loads((tmp_path / "tpe" / "result.json").read_text())["seconds"]["final_pick"]
+    assert set(spent) == {"rejudge", "test", "uniform_reference", "latency"} and spent["latency"] == 0
+    assert spent["rejudge"] > 0 and spent["test"] > 0 and spent["uniform_reference"] > 0
+    assert "time: search" in searched.table and "% of the run" in searched.table
+    answered = search(config(tiny, "uniform", targets=[0.5]), tmp_path / "uniform")
+    assert answered.seconds["final_pick"]["uniform_reference"] == 0  # not judged a second time
+    assert answered.uniform[0.5] == searched.uniform[0.5]  # what judging it again gives
+    policy = answered.policies[0.5]
+    assert answered.uniform[0.5] == (policy.accuracy["holdout"], policy.accuracy["test"])
+
 @pytest.mark.parametrize("agent", ["ddpg", "td3", "sac", "ppo"])
 def test_search_writes_a_complete_run(tiny, tmp_path, agent):
     overrides = {"ppo": {"episodes": 4}}.get(agent, {})

@@ -145,7 +145,8 @@ def build_latency_model(space: PrunableSpace, settings: LatencySettings, *,
         timer: measure with this instead of the runtime (see :data:`Timer`); part of the cache key.
         progress: show progress bars while measuring.
         grid: counts timed per group at most (spread over its options; interpolated between).
-        calibration: random policies timed end to end, besides the unpruned model, for the calibration.
+        calibration: policies timed end to end besides the unpruned model for the calibration: the narrowest
+            and ``calibration - 1`` random ones.
 
     Raises:
         LatencyError: the device or dtype cannot be used (``cuda`` without CUDA, ...).
@@ -236,11 +237,14 @@ def _time_jobs(jobs: list[tuple[nn.Module, tuple[torch.Tensor, ...]]], settings:
 
 
 def _fit(sums: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
-    """The least-squares line measured ~ scale * sums + offset; scale 1 (offset only) when the points cannot
-    fix a positive slope (one width only, or noise larger than the spread of the policies)."""
+    """The least-squares line measured ~ scale * sums + offset; where the points cannot fix a line that is
+    positive over them (one width only, or noise larger than the spread of the policies: a slope of 0 or
+    below, or a line below 0 at the narrowest policy), the scale alone (the line through the origin), which
+    keeps every prediction positive and rising with the widths."""
     if np.ptp(sums) > 0:
         scale, offset = np.polyfit(sums, measured, 1)
-        if scale > 0:
+        if scale > 0 and scale * sums.min() + offset > 0:
             return float(scale), float(offset)
-    warnings.warn("The latency calibration found no positive slope; using the table plus a constant.", stacklevel=3)
-    return 1.0, float(np.mean(measured - sums))
+    warnings.warn("The latency calibration's points fix no line positive over them (the timings were noisier than "
+                  "the policies differ); using a scale alone.", stacklevel=3)
+    return float(measured @ sums / (sums @ sums)), 0.0

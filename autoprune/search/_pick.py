@@ -9,8 +9,10 @@ measured already: nothing to re-judge, the same table and files.
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
-
 from typing import Any
 
 import numpy as np
@@ -48,20 +50,26 @@ def pick(config: SearchConfig, run: SearchRunDir, env: PruningEnv, proposals: Pr
     bar = tqdm(total=sum(2 if t in proposals.answers else config.top_k + 2 for t in order), desc="final pick",
                unit="eval")
     rows, policies, references, budget, uniforms = [], {}, {}, {}, {}
+    spent = dict.fromkeys(("rejudge", "test", "uniform_reference", "latency"), 0.0)  # where the final pick's time goes
     for target in order:
         if target in proposals.answers:
             policy = proposals.answers[target]
         else:
-            policy = _rejudge(config, env, target, proposals.pools[target], bar)
+            policy = _rejudge(config, env, target, proposals.pools[target], bar, spent)
         uniforms[target] = uniform = env.policy(uniform_counts(env.space, target, env.metric), target)
-        references[target] = uniform_reference(env, uniform)
+        if target in proposals.answers and _same_model(policy, uniform):  # the uniform method's own answer
+            references[target] = (policy.accuracy["holdout"], policy.accuracy["test"])
+        else:
+            with _timed(spent, "uniform_reference"):
+                references[target] = uniform_reference(env, uniform)
         bar.update(2)
         policies[target] = policy
         budget[f"{target:g}"] = {"pick": _kept(policy), "uniform-L1": _kept(uniform)}
     bar.close()
     latency = env.metric if isinstance(env.metric, LatencyModel) else None
     if latency is not None:  # measured once, at the end: the pick and uniform-L1 of every target, and the base
-        _measure(latency, policies, uniforms, budget)
+        with _timed(spent, "latency"):
+            _measure(latency, policies, uniforms, budget)
     for target in order:
         for name, p in (("pick", policies[target]), ("uniform-L1", None)):
             kept = budget[f"{target:g}"][name]
@@ -73,10 +81,12 @@ def pick(config: SearchConfig, run: SearchRunDir, env: PruningEnv, proposals: Pr
     table = format_table(TABLE_HEADER + (LATENCY_HEADER if latency is not None else []), rows)
     if env.metric.name != "flops":
         table += f"\nbudget: {env.metric.name}, targets are fractions of {format_value(env.metric, env.metric.base)}"
+    seconds = {**proposals.seconds, "final_pick": spent}
+    table += "\n" + time_footer(seconds, proposals.evaluations)
     run.log("\n".join(["final", table, *proposals.notes]))
     outputs = {  # all or none; the policy-<target>.json files, which say a search finished, go in last
         "result.json": json_bytes({  # what the table and the log say, for scripts and reports
-            "evaluations": proposals.evaluations, "seconds": proposals.seconds, "started": started,
+            "evaluations": proposals.evaluations, "seconds": seconds, "started": started,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "uniform": {f"{t:g}": {"holdout": h, "test": u} for t, (h, u) in references.items()},
             # per target, for the pick and uniform-L1: the fractions kept, and with a latency budget the
@@ -86,18 +96,21 @@ def pick(config: SearchConfig, run: SearchRunDir, env: PruningEnv, proposals: Pr
         "policy.json": json_bytes(policies[main].to_dict()),  # the first target asked for
         **{f"policy-{t:g}.json": json_bytes(p.to_dict()) for t, p in policies.items()}}
     run.write_outputs({name: lambda f, data=data: f.write(data) for name, data in outputs.items()})
-    return SearchResult(run.path, policies, table, references, proposals.evaluations, proposals.seconds,
+    return SearchResult(run.path, policies, table, references, proposals.evaluations, seconds,
                         proposals.notes)
 
 
-def _rejudge(config: SearchConfig, env: PruningEnv, target: float, pool: list[Candidate], bar: tqdm) -> Policy:
-    """The best of ``pool``'s top ``top_k`` on the select part, its holdout summed from both parts, test once."""
+def _rejudge(config: SearchConfig, env: PruningEnv, target: float, pool: list[Candidate], bar: tqdm,
+             spent: dict[str, float]) -> Policy:
+    """The best of ``pool``'s top ``top_k`` on the select part, its holdout summed from both parts, test once;
+    ``spent`` gains the seconds of the re-judging and of the test."""
     evaluator = env.evaluator
     top = sorted(pool, reverse=True)[: config.top_k]
     best = None  # (select accuracy, reward, counts, model, select images): the winner's model is judged on test
     for reward, counts in top:  # re-judged on holdout images the search never scored
-        model = env.judged(counts)
-        select = evaluator.holdout(model, part="select")
+        with _timed(spent, "rejudge"):
+            model = env.judged(counts)
+            select = evaluator.holdout(model, part="select")
         if best is None or (select.top1, reward) > best[:2]:
             best = (select.top1, reward, counts, model, select.samples)
         bar.update(1)
@@ -109,9 +122,32 @@ def _rejudge(config: SearchConfig, env: PruningEnv, target: float, pool: list[Ca
     # (the reward part by the search, cached): adding them up is exact and costs nothing
     reward_acc, n_reward = env.accuracy(counts)[0], config.reward_samples
     holdout = (round(reward_acc * n_reward) + round(select_acc * n_select)) / (n_reward + n_select)
+    with _timed(spent, "test"):
+        test = evaluator.test(model).top1
     policy.accuracy.update({"reward": reward if env.config.reward == "acc" else reward_acc,
-                            "select": select_acc, "holdout": holdout, "test": evaluator.test(model).top1})
+                            "select": select_acc, "holdout": holdout, "test": test})
     return policy
+
+
+@contextlib.contextmanager
+def _timed(spent: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        spent[key] += time.perf_counter() - start
+
+
+def time_footer(seconds: dict[str, Any], evaluations: int) -> str:
+    """Where a run's time went, for the final table: the search, and the final pick and its parts with their share."""
+    search, pick = float(seconds.get("search", 0.0)), seconds.get("final_pick", {})
+    total = search + sum(pick.values())
+    parts = {"re-judging the top candidates": pick.get("rejudge", 0.0), "test": pick.get("test", 0.0),
+             "uniform-L1 references": pick.get("uniform_reference", 0.0), "latency measurement": pick.get("latency", 0.0)}
+    said = ", ".join(f"{name} {s:.0f} s" for name, s in parts.items() if s > 0)
+    share = f"{sum(pick.values()) / total:.0%} of the run" if total > 0 else "-"
+    return (f"time: search {search / 60:.1f} min ({evaluations} evaluations), final pick "
+            f"{sum(pick.values()) / 60:.1f} min ({share}{': ' + said if said else ''})")
 
 
 def uniform_reference(env: PruningEnv, uniform: Policy) -> tuple[float, float]:
@@ -120,6 +156,12 @@ def uniform_reference(env: PruningEnv, uniform: Policy) -> tuple[float, float]:
     evaluator = env.evaluator
     reference = evaluator.judge(env.space, uniform.channels)
     return evaluator.holdout(reference).top1, evaluator.test(reference).top1
+
+
+def _same_model(a: Policy, b: Policy) -> bool:
+    """Whether ``a`` and ``b`` cut the same channels from the same weights (so they are judged alike)."""
+    return a.checkpoint == b.checkpoint and a.channels.keys() == b.channels.keys() and all(
+        np.array_equal(a.channels[n], b.channels[n]) for n in a.channels)
 
 
 def _kept(policy: Policy) -> dict[str, float]:
