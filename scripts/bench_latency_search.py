@@ -16,7 +16,11 @@ For each batch size (CPU, the ``torch`` runtime, ``--threads`` threads), with th
 5. the compared policies fine-tuned alike (the ``cpu`` preset, ``--epochs`` epochs from the pretrained weights),
    holdout after each epoch, test once.
 
-Every step is stored in ``--results`` and reused, so the benchmark resumes where it was stopped. The latency
+A latency the space cannot reach is refused by the first command with the reachable range: on this CPU, torch
+eager at batch 1 cannot take resnet20 below 0.61 of its latency (its per-layer overheads stay), so that batch
+needs ``--latency 0.7``; FLOPs targets below the space's MACs floor are left out.
+
+Every step is stored in ``--results`` (per batch and budget) and reused, so the benchmark resumes where it was stopped. The latency
 tables live in ``--results``/cache (AUTOPRUNE_CACHE), so the prune, the search and the measurement share one
 table per setting. The goal (issue 15): the latency-targeted pick more accurate at equal measured speed.
 """
@@ -40,7 +44,7 @@ from autoprune._table import format_table
 from autoprune.latency import LatencySettings, build_latency_model
 from autoprune.models import create
 from autoprune.policy import Policy
-from autoprune.pruning import PrunableSpace
+from autoprune.pruning import PrunableSpace, make_metric, reachable
 from autoprune.training import make_config, train
 
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th",
@@ -87,9 +91,9 @@ def _counts(policy: Policy, space: PrunableSpace) -> np.ndarray:
 
 
 def one_batch(args: argparse.Namespace, batch: int) -> list[tuple]:
-    root = Path(args.results) / f"batch{batch}"
-    root.mkdir(parents=True, exist_ok=True)
     target = f"{args.latency:g}"
+    root = Path(args.results) / f"batch{batch}-latency{target}"
+    root.mkdir(parents=True, exist_ok=True)
     uniform_dir = _run(["autoprune", "prune", *_common(args), "--target-latency", target, *_latency_flags(args, batch),
                         "--method", "uniform", "--criterion", "l1", "--out", str(root / "uniform"), "--overwrite"],
                        root / "uniform")
@@ -98,7 +102,10 @@ def one_batch(args: argparse.Namespace, batch: int) -> list[tuple]:
     latency_dir = _run(["autoprune", "search", *_common(args), "--agent", "cacp", "--target-latency", target,
                         *_latency_flags(args, batch), *episodes, "--out", str(root / "search-latency"), "--overwrite"],
                        root / "search-latency")
-    flops_targets = [f"{round(uniform.macs_fraction + d, 3):g}" for d in args.flops_offsets]
+    space = PrunableSpace(create(args.arch).eval(), args.arch)
+    low, _ = reachable(space, make_metric(space))  # MACs targets below the space's floor are left out
+    flops_targets = [f"{t:g}" for t in sorted({round(uniform.macs_fraction + d, 3) for d in args.flops_offsets})
+                     if low < t < 1]
     flops_dir = _run(["autoprune", "search", *_common(args), "--agent", "cacp", "--target-flops", *flops_targets,
                       *episodes, "--out", str(root / "search-flops"), "--overwrite"], root / "search-flops")
 
@@ -109,7 +116,6 @@ def one_batch(args: argparse.Namespace, batch: int) -> list[tuple]:
 
     measured_path = root / "measured.json"
     if not measured_path.exists():
-        space = PrunableSpace(create(args.arch).eval(), args.arch)
         settings = LatencySettings(runtime="torch", batch=batch, threads=args.threads)
         latency = build_latency_model(space, settings)  # the table the prune and the search built (the cache)
         named = {**picks, **{f"flops {t}": p for t, p in flops.items()}}

@@ -82,7 +82,7 @@ def pick(config: SearchConfig, run: SearchRunDir, env: PruningEnv, proposals: Pr
     if env.metric.name != "flops":
         table += f"\nbudget: {env.metric.name}, targets are fractions of {format_value(env.metric, env.metric.base)}"
     seconds = {**proposals.seconds, "final_pick": spent}
-    table += "\n" + time_footer(seconds, proposals.evaluations)
+    table += "\n" + _time_footer(seconds, proposals.evaluations)
     run.log("\n".join(["final", table, *proposals.notes]))
     outputs = {  # all or none; the policy-<target>.json files, which say a search finished, go in last
         "result.json": json_bytes({  # what the table and the log say, for scripts and reports
@@ -138,7 +138,7 @@ def _timed(spent: dict[str, float], key: str) -> Iterator[None]:
         spent[key] += time.perf_counter() - start
 
 
-def time_footer(seconds: dict[str, Any], evaluations: int) -> str:
+def _time_footer(seconds: dict[str, Any], evaluations: int) -> str:
     """Where a run's time went, for the final table: the search, and the final pick and its parts with their share."""
     search, pick = float(seconds.get("search", 0.0)), seconds.get("final_pick", {})
     total = search + sum(pick.values())
