@@ -3,7 +3,7 @@ measured latency, and against uniform-L1.
 
     python scripts/bench_latency_search.py [--arch resnet20] [--batches 1 64] [--latency 0.6] [--epochs 1]
 
-For each batch size (CPU, the ``torch`` runtime, ``--threads`` threads), with the pretrained ``--arch`` on the
+For each batch size (CPU, the ``--runtime`` runtime, ``--threads`` threads, channels rounded to ``--round-to``), with the pretrained ``--arch`` on the
 ../shared CIFAR-10 data, each step the command a user would type:
 
 1. ``autoprune prune --method uniform --target-latency L``: uniform-L1 at ``L`` of the unpruned model's latency;
@@ -63,12 +63,12 @@ def _run(command: list[str], out: Path) -> Path:
 
 
 def _latency_flags(args: argparse.Namespace, batch: int) -> list[str]:
-    return ["--latency-runtime", "torch", "--latency-batch", str(batch), "--latency-threads", str(args.threads)]
+    return ["--latency-runtime", args.runtime, "--latency-batch", str(batch), "--latency-threads", str(args.threads)]
 
 
 def _common(args: argparse.Namespace) -> list[str]:
     return ["--arch", args.arch, "--checkpoint", args.checkpoint, "--data-dir", args.data_dir, "--device", "cpu",
-            "--seed", str(args.seed)]
+            "--seed", str(args.seed)] + (["--round-to", str(args.round_to)] if args.round_to else [])
 
 
 def _finetune(args: argparse.Namespace, policy: Path, out: Path) -> dict:
@@ -92,7 +92,8 @@ def _counts(policy: Policy, space: PrunableSpace) -> np.ndarray:
 
 def one_batch(args: argparse.Namespace, batch: int) -> list[tuple]:
     target = f"{args.latency:g}"
-    root = Path(args.results) / f"batch{batch}-latency{target}"
+    rounding = f"-round{args.round_to}" if args.round_to else ""
+    root = Path(args.results) / f"{args.runtime}-batch{batch}-latency{target}{rounding}"
     root.mkdir(parents=True, exist_ok=True)
     uniform_dir = _run(["autoprune", "prune", *_common(args), "--target-latency", target, *_latency_flags(args, batch),
                         "--method", "uniform", "--criterion", "l1", "--out", str(root / "uniform"), "--overwrite"],
@@ -102,7 +103,7 @@ def one_batch(args: argparse.Namespace, batch: int) -> list[tuple]:
     latency_dir = _run(["autoprune", "search", *_common(args), "--agent", "cacp", "--target-latency", target,
                         *_latency_flags(args, batch), *episodes, "--out", str(root / "search-latency"), "--overwrite"],
                        root / "search-latency")
-    space = PrunableSpace(create(args.arch).eval(), args.arch)
+    space = PrunableSpace(create(args.arch).eval(), args.arch, round_to=args.round_to)
     low, _ = reachable(space, make_metric(space))  # MACs targets below the space's floor are left out
     flops_targets = [f"{t:g}" for t in sorted({round(uniform.macs_fraction + d, 3) for d in args.flops_offsets})
                      if low < t < 1]
@@ -116,7 +117,7 @@ def one_batch(args: argparse.Namespace, batch: int) -> list[tuple]:
 
     measured_path = root / "measured.json"
     if not measured_path.exists():
-        settings = LatencySettings(runtime="torch", batch=batch, threads=args.threads)
+        settings = LatencySettings(runtime=args.runtime, batch=batch, threads=args.threads)
         latency = build_latency_model(space, settings)  # the table the prune and the search built (the cache)
         named = {**picks, **{f"flops {t}": p for t, p in flops.items()}}
         base, *times = latency.measure_all([space.channels] + [_counts(p, space) for p in named.values()],
@@ -154,6 +155,8 @@ def main() -> None:
                         help="MACs targets of the FLOPs search, relative to uniform-L1's MACs fraction at the latency")
     parser.add_argument("--episodes", type=int, help="search episodes per target (default: cacp's)")
     parser.add_argument("--epochs", type=int, default=1, help="fine-tune epochs, the cpu preset (default 1)")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"], help="the latency's runtime")
+    parser.add_argument("--round-to", type=int, help="every search and prune keeps multiples of N channels")
     parser.add_argument("--threads", type=int, default=1, help="threads the latency is measured with (default 1)")
     parser.add_argument("--data-dir", default=str(SHARED / "data" / "cifar10"))
     parser.add_argument("--checkpoint", help="default: the arch's pretrained checkpoint in ../shared")
@@ -164,7 +167,7 @@ def main() -> None:
     Path(args.results).mkdir(parents=True, exist_ok=True)
     os.environ["AUTOPRUNE_CACHE"] = str(Path(args.results).resolve() / "cache")  # the tables, shared by every step
     rows = [row for batch in args.batches for row in one_batch(args, batch)]
-    print(f"\n{args.arch}, latency budget {args.latency:g} of the unpruned model's (CPU, torch, {args.threads} "
+    print(f"\n{args.arch}, latency budget {args.latency:g} of the unpruned model's (CPU, {args.runtime}, {args.threads} "
           f"thread(s)); accuracy BN-recalibrated, then after {args.epochs} fine-tune epoch(s) (cpu preset)")
     print(format_table(HEADER, rows))
 
