@@ -100,6 +100,10 @@ class Policy:
     def params_fraction(self) -> float:
         return self.params / self.base_params
 
+    def counts(self, names: Sequence[str]) -> np.ndarray:
+        """Kept channels of each group of ``names``, in that order (a space's ``names``: its count vector)."""
+        return np.array([len(self.channels[n]) for n in names], dtype=np.int64)
+
     @property
     def budget_metric(self) -> str:
         """The metric the target budgets: "flops" (a MACs target, or none), "params" or "latency"."""
@@ -208,7 +212,7 @@ class Policy:
         if changed:
             raise PolicyError(f"Policy does not match the structure of {self.arch}: groups {', '.join(changed)}.")
         space.check(self.channels)
-        macs = space.macs([len(self.channels[n]) for n in space.names])
+        macs = space.macs(self.counts(space.names))
         # a method that removes more than whole channels (zeroed kernels) states fewer MACs, and its channels' own
         sparse = self.provenance.get("channel_macs") == macs and self.macs <= macs
         if macs != self.macs and not sparse:

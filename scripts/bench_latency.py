@@ -90,11 +90,8 @@ def prediction(args: argparse.Namespace) -> None:
                                               calibration=args.calibration)
                 built = "cached" if latency.from_cache else f"{time.perf_counter() - start:.0f}"
                 predicted = np.array([latency(c) for c in policies])
-                prepare = runtime_for(settings).prepare
-                example = torch.randn(batch, *space.info.input_size)
-                runners = [prepare(latency.pruned(c), (example,)) for c in [space.channels, *policies]]
-                passes = [time_interleaved(runners, settings, progress=True, desc=f"{runtime} batch {batch}, pass {p + 1}")
-                          for p in range(2 if args.remeasure else 1)]
+                passes = [latency.measure_all([space.channels, *policies], progress=True)
+                          for _ in range(2 if args.remeasure else 1)]
                 base, *measured = passes[0]
                 fastest = np.array([m.fastest for m in measured])
                 absolute = 100 * (predicted - fastest) / fastest

@@ -35,7 +35,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import SHARED
@@ -86,10 +85,6 @@ def _finetune(args: argparse.Namespace, policy: Path, out: Path) -> dict:
     return record
 
 
-def _counts(policy: Policy, space: PrunableSpace) -> np.ndarray:
-    return np.array([len(policy.channels[n]) for n in space.names], dtype=np.int64)
-
-
 def one_batch(args: argparse.Namespace, batch: int) -> list[tuple]:
     target = f"{args.latency:g}"
     rounding = f"-round{args.round_to}" if args.round_to else ""
@@ -120,7 +115,7 @@ def one_batch(args: argparse.Namespace, batch: int) -> list[tuple]:
         settings = LatencySettings(runtime=args.runtime, batch=batch, threads=args.threads)
         latency = build_latency_model(space, settings)  # the table the prune and the search built (the cache)
         named = {**picks, **{f"flops {t}": p for t, p in flops.items()}}
-        base, *times = latency.measure_all([space.channels] + [_counts(p, space) for p in named.values()],
+        base, *times = latency.measure_all([space.channels] + [p.counts(space.names) for p in named.values()],
                                            progress=True)
         measured_path.write_text(json.dumps({"base": base.fastest, **{n: m.fastest for n, m in zip(named, times)}},
                                             indent=1))

@@ -61,7 +61,7 @@ def draw_ratios(view: RunView) -> Any:
     fig, axes = plt.subplots(len(targets), 1, figsize=(max(6, 0.3 * len(channels)), height), squeeze=False)
     for ax, target in zip(axes[:, 0], targets):
         policy = view.policies[target]
-        kept = np.array([len(policy.channels[n]) for n in space.names]) / channels
+        kept = policy.counts(space.names) / channels
         uniform = uniform_counts(space, policy.macs_fraction) / channels
         x = np.arange(len(channels))
         ax.bar(x, kept, color="C0", label="kept")

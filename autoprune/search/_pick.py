@@ -178,8 +178,8 @@ def _measure(latency: LatencyModel, policies: dict[float, Policy], uniforms: dic
     all in one interleaved timing, so a load change on the machine hits them alike."""
     names = latency.space.names
     todo = [(f"{t:g}", name, p) for t, p in policies.items() for name, p in (("pick", p), ("uniform-L1", uniforms[t]))]
-    base, *measured = latency.measure_all([latency.space.channels] + [
-        np.array([len(p.channels[n]) for n in names], dtype=np.int64) for _, _, p in todo], progress=True)
+    base, *measured = latency.measure_all([latency.space.channels] + [p.counts(names) for _, _, p in todo],
+                                          progress=True)
     for (key, name, _), m in zip(todo, measured):
         budget[key][name].update(measured_s=m.fastest, spread=m.spread, base_s=base.fastest,
                                  speedup=base.fastest / m.fastest)
