@@ -17,7 +17,9 @@ with the fastest call (the figure autoprune predicts, see ``Measurement``):
   against measured (both timed together now): a fractional budget (``--target-latency 0.6``) depends on
   these, and they are immune to the machine running at another speed now than when the table was built;
 - "again": the policies timed a second time, and the median error of that timing against the first: the
-  noise floor of this machine, below which no model's error can be read;
+  noise floor of this machine, below which no model's error can be read; "again frac" and "again frac
+  median" the same for the fraction of the unpruned model timed with them, by the fastest call and by the
+  median (why autoprune budgets the fastest call);
 - Spearman's rank correlation of prediction and measurement, and the median spread p90/p10 - 1 of one
   policy's calls (how noisy the machine was).
 
@@ -40,7 +42,7 @@ import torch
 from scipy.stats import spearmanr
 
 from autoprune._table import format_table
-from autoprune.latency import LatencySettings, build_latency_model, runtime_for, time_interleaved
+from autoprune.latency import LatencySettings, Measurement, build_latency_model, runtime_for, time_interleaved
 from autoprune.latency._units import pruned_model
 from autoprune.models import create
 from autoprune.pruning import PrunableSpace, make_metric, reachable, uniform_counts
@@ -96,16 +98,18 @@ def prediction(args: argparse.Namespace) -> None:
                 fastest = np.array([m.fastest for m in measured])
                 absolute = 100 * (predicted - fastest) / fastest
                 fraction = 100 * (predicted / latency.base - fastest / base.fastest) / (fastest / base.fastest)
-                again = "-"
+                again = again_fraction = again_median = "-"
                 if args.remeasure:  # the same policies timed again: how well a measurement predicts the next one
                     second = np.array([m.fastest for m in passes[1][1:]])
                     again = f"{np.median(np.abs(100 * (second - fastest) / fastest)):.1f}"
+                    # as fractions of the unpruned model timed with them, by the fastest call and by the median
+                    again_fraction, again_median = (f"{_change(passes, statistic):.1f}" for statistic in ("fastest", "median"))
                 spread = np.median([100 * m.spread for m in measured])
                 rows.append((runtime, batch, f"{latency.base * 1e3:.2f}", f"{base.fastest * 1e3:.2f}",
                              f"{fastest.min() * 1e3:.2f}", f"{fastest.max() * 1e3:.2f}",
                              f"{np.median(np.abs(absolute)):.1f}", f"{np.percentile(np.abs(absolute), 90):.1f}",
                              f"{np.median(absolute):+.1f}", f"{np.median(np.abs(fraction)):.1f}",
-                             f"{np.percentile(np.abs(fraction), 90):.1f}", again,
+                             f"{np.percentile(np.abs(fraction), 90):.1f}", again, again_fraction, again_median,
                              f"{spearmanr(predicted, fastest).statistic:.3f}", f"{spread:.0f}", len(latency.tables), built))
                 print(format_table(HEADERS, rows[-1:]), flush=True)
     print(f"\n{args.arch} ({space.name} space, {n} groups), {args.policies} random policies, {args.threads} thread(s), "
@@ -146,6 +150,13 @@ def rounding(args: argparse.Namespace) -> None:
     print(format_table(ROUNDING_HEADERS, rows))
 
 
+def _change(passes: list[list[Measurement]], statistic: str) -> float:
+    """Median change in % between two timings of the same policies, each as a fraction of the unpruned model
+    (the first of each timing) by ``statistic``: how reproducible that statistic makes a fractional budget."""
+    first, second = ([getattr(m, statistic) / getattr(p[0], statistic) for m in p[1:]] for p in passes[:2])
+    return float(np.median(np.abs(100 * (np.array(second) - np.array(first)) / np.array(first))))
+
+
 def main() -> None:
     args = _parser().parse_args()
     for cell in args.cells:
@@ -153,7 +164,7 @@ def main() -> None:
 
 
 HEADERS = ["runtime", "batch", "base ms", "base now", "min ms", "max ms", "median err %", "p90 err %", "bias %",
-           "frac median err %", "frac p90 err %", "again err %", "Spearman", "p90/p10-1 %", "units", "build s"]
+           "frac median err %", "frac p90 err %", "again err %", "again frac %", "again frac median %", "Spearman", "p90/p10-1 %", "units", "build s"]
 
 
 ROUNDING_HEADERS = ["runtime", "batch", "MACs target", "round to", "MACs kept", "latency kept", "speed-up x", "ms",

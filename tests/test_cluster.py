@@ -92,7 +92,9 @@ def assert_complete_once(out: Path) -> None:
         with open(out / cell / "finetune" / "metrics.csv", newline="") as f:
             assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1", "2", "3", "4"], cell
         log = (out / cell / "finetune" / "log.txt").read_text()
-        assert [log.count(f"epoch {e}:") for e in range(5)] == [1] * 5, log  # no epoch trained twice
+        # no epoch trained twice; epoch 0, the starting weights' evaluation, runs again when the driver was killed
+        # before epoch 1's checkpoint (the cell then starts over: there is nothing to resume from)
+        assert [log.count(f"epoch {e}:") for e in range(1, 5)] == [1] * 4 and log.count("epoch 0:") >= 1, log
         if cell.startswith("random"):
             assert len((out / cell / "search" / "episodes.csv").read_text().splitlines()) == 1 + 3, cell
 
