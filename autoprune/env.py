@@ -24,6 +24,7 @@ FEATURES = ("target", "t", "kind", "in_channels", "channels", "kernel", "stride"
             "group_macs", "removed_budget", "removable_budget", "previous_action")
 TIMED = ("apply", "recalibrate", "evaluate")
 _KINDS = {"conv": 0.0, "depthwise": 0.5, "residual": 1.0}
+_BN_KEPT_BYTES = 64 * 2**20  # recalibrated BN statistics kept for re-judging: ~4,000 resnet56 policies
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,8 @@ class PruningEnv(gym.Env):
         self._static = self._static_features()
         self._cache: dict[tuple[int, ...], float] = {}
         self._reference: dict[float, float] = {}
+        self._bn_states: dict[tuple[int, ...], dict[str, Any]] = {}  # counts -> recalibrated BN buffers
+        self._bn_bytes = 0
         self.evaluations = 0
         self.timings = dict.fromkeys(TIMED, 0.0)  # seconds spent in each part of the evaluations
         self.episodes = 0
@@ -273,11 +276,36 @@ class PruningEnv(gym.Env):
         return acc, False
 
     def judged(self, counts: Sequence[int]) -> Any:
-        """The model pruned to ``counts``, ready to be judged (BN recalibrated); not cached.
+        """The model pruned to ``counts``, ready to be judged (BN recalibrated).
 
-        Its time goes into ``timings``: "apply" (cut the model), "recalibrate" (adaptive BN).
+        Its time goes into ``timings``: "apply" (cut the model), "recalibrate" (adaptive BN). Under the
+        ``bn`` proxy the recalibrated statistics are kept (FIFO, ``_BN_KEPT_BYTES`` at most): the final
+        pick re-judges policies the search scored, and recalibration is deterministic (fixed images, no
+        augmentation), so their kept statistics are what recalibrating again would give.
         """
-        return self.evaluator.judge(self.space, self.space.select(counts, self._scores), timings=self.timings)
+        key = tuple(int(c) for c in counts)
+        channels = self.space.select(counts, self._scores)
+        kept = self._bn_states.get(key)
+        if kept is not None:
+            start = time.perf_counter()
+            model = self.evaluator.prepare(self.space.apply(channels))
+            model.load_state_dict(kept, strict=False)
+            self.timings["apply"] += time.perf_counter() - start
+            return model
+        model = self.evaluator.judge(self.space, channels, timings=self.timings)
+        if self.evaluator.proxy is None or not self.evaluator.proxy.changes_weights:
+            self._keep_bn_state(key, model)
+        return model
+
+    def _keep_bn_state(self, key: tuple[int, ...], model: Any) -> None:
+        state = {name: t.detach().clone() for name, t in model.state_dict().items()
+                 if name.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
+        size = sum(t.numel() * t.element_size() for t in state.values())
+        self._bn_states[key] = state
+        self._bn_bytes += size
+        while self._bn_bytes > _BN_KEPT_BYTES and len(self._bn_states) > 1:
+            oldest = next(iter(self._bn_states))
+            self._bn_bytes -= sum(t.numel() * t.element_size() for t in self._bn_states.pop(oldest).values())
 
     def _score(self, model: Any, part: str, screen: Callable[[float], None] | None) -> float:
         if screen is None or part != "reward":

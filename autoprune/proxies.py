@@ -70,10 +70,13 @@ class Proxy:
 
     Subclasses override :meth:`judge`; ``needs_training_data`` makes the evaluator refuse it,
     when built, unless its training split (outside the holdout) holds at least ``min_images``.
+    ``changes_weights``: whether it does more than recalibrate BN statistics (then a judged model
+    cannot be rebuilt from the cut weights and its BN buffers alone).
     """
 
     name = "bn"
     needs_training_data = False
+    changes_weights = False
     min_images = 1
 
     def judge(self, evaluator: Evaluator, space: PrunableSpace, kept: Kept, *,
@@ -116,6 +119,7 @@ class FinetuneProxy(Proxy):
     """
 
     needs_training_data = True
+    changes_weights = True
 
     def __init__(self, steps: int, *, kd: bool = False, batch_size: int = 64, lr: float = 0.01, seed: int = 0) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -168,6 +172,7 @@ class ReconstructProxy(Proxy):
 
     name = "reconstruct"
     needs_training_data = True
+    changes_weights = True
 
     def __init__(self, *, images: int = 500, points: int = 10, batch_size: int = 100, seed: int = 0) -> None:
         for key, value in (("images", images), ("points", points), ("batch_size", batch_size)):

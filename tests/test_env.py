@@ -118,6 +118,32 @@ def test_judged_is_the_evaluators_judge_and_splits_its_time():
         assert torch.allclose(model(x), by_hand(x))
 
 
+def test_judging_a_policy_again_reuses_its_recalibration_within_a_memory_bound(monkeypatch):
+    """The second judgement of a policy loads the kept BN statistics (recalibrating nothing) and predicts as the
+    first; the oldest are dropped past the bound; a proxy that changes weights keeps none."""
+    from autoprune import env as env_module
+    from autoprune.proxies import get_proxy
+
+    env = make_env()
+    a, b = (env.space.counts(np.full(env.n, r)) for r in (0.5, 0.7))
+    first = env.judged(a)
+    recalibrating = env.timings["recalibrate"]
+    again = env.judged(a)
+    assert env.timings["recalibrate"] == recalibrating  # nothing recalibrated
+    x = next(iter(env.evaluator.holdout_loader))[0]
+    with torch.no_grad():
+        assert torch.equal(first(x), again(x))
+    monkeypatch.setattr(env_module, "_BN_KEPT_BYTES", 1)  # room for one
+    env.judged(b)
+    assert list(env._bn_states) == [tuple(int(c) for c in b)]
+    env.judged(a)
+    assert env.timings["recalibrate"] > recalibrating  # dropped, so recalibrated again
+    env.evaluator.proxy = get_proxy("finetune-1")
+    env._bn_states.clear()
+    env.judged(a)
+    assert not env._bn_states
+
+
 def test_reward_forms():
     env = make_env(reward="err-log-flops")
     _, reward, info = play(env, seed=0)

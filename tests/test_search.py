@@ -9,6 +9,7 @@ from conftest import episode_rows as rows
 from conftest import search_config as config
 
 from autoprune.errors import AutopruneError, UnknownNameError
+from autoprune.pruning import uniform_counts
 from autoprune.search import list_presets, load_preset, search
 from autoprune.search import _run_dir
 
@@ -53,6 +54,26 @@ def test_the_picks_holdout_is_its_reward_and_select_parts_added_up(tiny, tmp_pat
     model = evaluator.ready(evaluator.prepare(space.apply(policy.channels)))
     assert policy.accuracy["holdout"] == evaluator.holdout(model).top1
     assert policy.accuracy["test"] == evaluator.test(model).top1
+    # uniform-L1 too, though the final pick reuses the search's BN statistics and reward-part accuracy for it
+    uniform = json.loads((tmp_path / "run" / "result.json").read_text())["uniform"]["0.5"]
+    reference = evaluator.judge(space, space.select(uniform_counts(space, 0.5), space.scores("l1")))
+    assert (uniform["holdout"], uniform["test"]) == (evaluator.holdout(reference).top1, evaluator.test(reference).top1)
+
+
+def test_the_final_pick_recalibrates_nothing_the_search_recalibrated(tiny, tmp_path, monkeypatch):
+    """Re-judging the top candidates and the uniform reference reuses the search's BN statistics (the normalized
+    reward scored uniform-L1 already); a from-scratch judgement gives the same figures (test above)."""
+    from autoprune import evaluate
+    from autoprune.search import _pick
+
+    calls = []
+    monkeypatch.setattr(evaluate, "recalibrate_bn", lambda model, batches, f=evaluate.recalibrate_bn: (
+        calls.append(1), f(model, batches))[1])
+    judged = []
+    original = _pick.pick
+    monkeypatch.setattr("autoprune.search._search.pick", lambda *a, **k: (judged.append(len(calls)), original(*a, **k))[1])
+    search(config(tiny, "cacp", episodes=3, targets=[0.5]), tmp_path / "run")
+    assert judged and len(calls) == judged[0]  # no recalibration after the search
 
 
 def interrupt_after_first_checkpoint(monkeypatch):
@@ -103,6 +124,17 @@ def test_conditional_run_covers_every_target(tiny, tmp_path):
     assert targets <= {0.3, 0.5, 0.7} and len(rows(tmp_path / "cacp")) == 9
     for t in targets:
         assert (tmp_path / "cacp" / f"policy-{t:g}.json").is_file()
+
+
+def test_a_conditional_agent_picks_only_the_asked_targets(tiny, tmp_path):
+    """It trains on its range and the asked target, but the final pick (re-judging, test, uniform reference) is
+    paid for the asked one only; the others are named with the command that exports them."""
+    result = search(config(tiny, "cacp", episodes=2, targets=[0.5]), tmp_path / "cacp")
+    assert {float(r["target"]) for r in rows(tmp_path / "cacp")} == {0.3, 0.5, 0.7}
+    assert set(result.policies) == {0.5} and set(result.uniform) == {0.5}
+    assert sorted(p.name for p in (tmp_path / "cacp").glob("policy*.json")) == ["policy-0.5.json", "policy.json"]
+    assert any("also trained on target(s) 0.3, 0.7" in n and f"export-policy --run {tmp_path / 'cacp'} "
+               "--target-flops T" in n for n in result.notes)
 
 
 def test_presets_and_bad_input(tiny, tmp_path):

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .._io import json_bytes
 from .._table import format_table
 from ..env import PruningEnv
+from ..evaluate import Accuracy
 from ..errors import AutopruneError
 from ..latency import LatencyModel
 from ..policy import Policy
@@ -41,12 +42,14 @@ def pick(config: SearchConfig, run: SearchRunDir, env: PruningEnv, proposals: Pr
 
     ``started`` (ISO 8601) is when the run was created (kept across --resume); result.json records it and the end.
     """
-    targets = [float(t) for t in env.config.targets]
+    # only the asked targets (all the preset's when none were asked): each costs a re-judging, a test pass and a
+    # uniform-L1 reference; a conditional agent's other training targets stay exportable (autoprune export-policy)
+    targets = [float(t) for t in (config.targets or env.config.targets)]
     missing = [t for t in targets if t not in proposals.answers and not proposals.pools.get(t)]
     if missing:
         raise AutopruneError(f"No finished episode meets the target(s) {missing}: nothing to pick from. "
                              "Search longer (--episodes).")
-    order = [*proposals.answers, *sorted(proposals.pools)]
+    order = [t for t in [*proposals.answers, *sorted(proposals.pools)] if t in targets]
     bar = tqdm(total=sum(2 if t in proposals.answers else config.top_k + 2 for t in order), desc="final pick",
                unit="eval")
     rows, policies, references, budget, uniforms = [], {}, {}, {}, {}
@@ -104,29 +107,36 @@ def _rejudge(config: SearchConfig, env: PruningEnv, target: float, pool: list[Ca
              spent: dict[str, float]) -> Policy:
     """The best of ``pool``'s top ``top_k`` on the select part, its holdout summed from both parts, test once;
     ``spent`` gains the seconds of the re-judging and of the test."""
-    evaluator = env.evaluator
     top = sorted(pool, reverse=True)[: config.top_k]
-    best = None  # (select accuracy, reward, counts, model, select images): the winner's model is judged on test
+    best = None  # (select accuracy, reward, counts, model): the winner's model is judged on test
     for reward, counts in top:  # re-judged on holdout images the search never scored
         with _timed(spent, "rejudge"):
             model = env.judged(counts)
-            select = evaluator.holdout(model, part="select")
-        if best is None or (select.top1, reward) > best[:2]:
-            best = (select.top1, reward, counts, model, select.samples)
+            select = env.evaluator.holdout(model, part="select")
+        if best is None or (select.top1, reward) > (best[0].top1, best[1]):
+            best = (select, reward, counts, model)
         bar.update(1)
     bar.update(config.top_k - len(top))
-    select_acc, reward, counts, model, n_select = best
+    select, reward, counts, model = best
     policy = env.policy(counts, target, provenance={"agent": config.agent, "seed": config.seed,
                                                       "episodes": len(pool)})
-    # the whole holdout is the reward part plus the select part, both measured on this recalibration
-    # (the reward part by the search, cached): adding them up is exact and costs nothing
-    reward_acc, n_reward = env.accuracy(counts)[0], config.reward_samples
-    holdout = (round(reward_acc * n_reward) + round(select_acc * n_select)) / (n_reward + n_select)
     with _timed(spent, "test"):
-        test = evaluator.test(model).top1
-    policy.accuracy.update({"reward": reward if env.config.reward == "acc" else reward_acc,
-                            "select": select_acc, "holdout": holdout, "test": test})
+        test = env.evaluator.test(model).top1
+    policy.accuracy.update({"reward": reward if env.config.reward == "acc" else env.accuracy(counts)[0],
+                            "select": select.top1, "holdout": _holdout(env, counts, select), "test": test})
     return policy
+
+
+def _holdout(env: PruningEnv, counts: list[int], select: Accuracy) -> float:
+    """The whole holdout's accuracy of the policy keeping ``counts``, from its ``select`` part's.
+
+    The holdout is the reward part plus the select part, both measured on the same recalibration (the
+    reward part by the search, cached): adding them up is exact and costs nothing.
+    """
+    n_select = select.samples
+    n_reward = len(env.evaluator.splits.holdout) - n_select
+    reward = env.accuracy(counts, part="reward")[0]
+    return (round(reward * n_reward) + round(select.top1 * n_select)) / (n_reward + n_select)
 
 
 @contextlib.contextmanager
@@ -152,10 +162,12 @@ def _time_footer(seconds: dict[str, Any], evaluations: int) -> str:
 
 def uniform_reference(env: PruningEnv, uniform: Policy) -> tuple[float, float]:
     """Holdout and test accuracy of ``uniform`` (uniform-L1 at a target of the env's budget metric), the row
-    beside every agent's pick."""
-    evaluator = env.evaluator
-    reference = evaluator.judge(env.space, uniform.channels)
-    return evaluator.holdout(reference).top1, evaluator.test(reference).top1
+    beside every agent's pick; judged as the picks are (its reward part and BN statistics are the search's
+    when it scored the policy, as the normalized reward does)."""
+    counts = uniform.counts(env.space.names)
+    model = env.judged(counts)
+    select = env.evaluator.holdout(model, part="select")
+    return _holdout(env, counts, select), env.evaluator.test(model).top1
 
 
 def _same_model(a: Policy, b: Policy) -> bool:

@@ -27,16 +27,24 @@ class RLSearcher(Searcher):
     """An RL agent (AMC's DDPG, CACP, TD3, SAC, PPO): its episodes' policies, then its own answer per target."""
 
     def search(self, env: PruningEnv, run: SearchRunDir, resume: bool) -> Proposals:
-        tracker = Tracker(run, env.space.channels)
+        tracker = Tracker(run, env.space.channels, env.config.reward)
         started = time.perf_counter()
         try:
             agent = run_rl(self.preset, env, run, tracker, self.config.seed, resume)
         finally:
             tracker.close()
         proposals = Proposals.played(env, tracker.candidates, started)
-        for target in env.config.targets:  # what the trained actor proposes (CACP's export)
+        asked = [float(t) for t in self.config.targets or env.config.targets]
+        for target in asked:  # what the trained actor proposes (CACP's export)
             reward, counts = rollout(agent, env, target)
             add_candidate(proposals.pools, target, reward, counts)
+        others = [t for t in env.config.targets if t not in asked]
+        if others:  # trained on, not asked: the final pick answers only what was asked
+            proposals.notes.append(
+                f"the agent also trained on target(s) {', '.join(f'{t:g}' for t in others)}: ask for them with "
+                f"--target-{env.metric.name} next time, or export its answer for any target in "
+                f"[{min(env.config.targets):g}, {max(env.config.targets):g}] without searching: "
+                f"autoprune export-policy --run {run.path} --target-{env.metric.name} T")
         return proposals
 
     def export(self, env: PruningEnv, run: SearchRunDir, target: float) -> list[int]:

@@ -51,7 +51,7 @@ class OptunaSearcher(Searcher):
         preset = self.preset
         identity = {"arch": self.config.arch, "space": env.space.name, "dataset": env.evaluator.dataset.name,
                     "checkpoint": env.checkpoint, "criterion": preset.criterion, "reward": preset.reward}
-        tracker = Tracker(run, env.space.channels)
+        tracker = Tracker(run, env.space.channels, env.config.reward)
         started = time.perf_counter()
         try:
             pools = run_optuna(self.config, preset, env, run, tracker, identity, resume)

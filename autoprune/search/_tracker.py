@@ -24,8 +24,8 @@ def episode_row(episode: int, target: float, reward: float, accuracy: float, mac
 class Tracker:
     """Records each finished episode; keeps the distinct policies per target with their rewards."""
 
-    def __init__(self, run: SearchRunDir, channels: np.ndarray) -> None:
-        self.run, self.channels = run, channels
+    def __init__(self, run: SearchRunDir, channels: np.ndarray, reward: str = "acc") -> None:
+        self.run, self.channels, self.reward = run, channels, reward  # reward: the env's kind, for the bar
         self.candidates: dict[float, list[Candidate]] = {}  # target -> [[reward, counts], ...]
         self.episodes = self.total = 0
         self.bar: tqdm | None = None
@@ -55,7 +55,15 @@ class Tracker:
         add_candidate(self.candidates, target, reward, counts)
         best = max(self.candidates[target])
         self.scalars(self.episodes, target, reward, info["accuracy"], policy.macs_fraction, best[0])
-        self.advance(best=f"{best[0]:.4f}", macs=f"{policy.macs_fraction:.3f}", target=target)
+        self.advance(best=self._best(target, best[0]), macs=f"{policy.macs_fraction:.3f}")
+
+    def _best(self, target: float, reward: float) -> str:
+        """The bar's "best" at ``target``, in words: a normalized reward is points over uniform-L1."""
+        if self.reward == "normalized":
+            return f"{100 * reward:+.2f} pts vs uniform @ {target:g}"
+        if self.reward == "acc":
+            return f"{100 * reward:.2f}% holdout @ {target:g}"
+        return f"{reward:.4f} @ {target:g}"
 
     def scalars(self, episode: int, target: float, reward: float, accuracy: float, macs_fraction: float,
                 best: float) -> None:
