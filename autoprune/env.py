@@ -300,12 +300,10 @@ class PruningEnv(gym.Env):
     def _keep_bn_state(self, key: tuple[int, ...], model: Any) -> None:
         state = {name: t.detach().clone() for name, t in model.state_dict().items()
                  if name.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
-        size = sum(t.numel() * t.element_size() for t in state.values())
         self._bn_states[key] = state
-        self._bn_bytes += size
-        while self._bn_bytes > _BN_KEPT_BYTES and len(self._bn_states) > 1:
-            oldest = next(iter(self._bn_states))
-            self._bn_bytes -= sum(t.numel() * t.element_size() for t in self._bn_states.pop(oldest).values())
+        self._bn_bytes += _nbytes(state)
+        while self._bn_bytes > _BN_KEPT_BYTES and len(self._bn_states) > 1:  # the oldest go first
+            self._bn_bytes -= _nbytes(self._bn_states.pop(next(iter(self._bn_states))))
 
     def _score(self, model: Any, part: str, screen: Callable[[float], None] | None) -> float:
         if screen is None or part != "reward":
@@ -348,3 +346,6 @@ class PruningEnv(gym.Env):
                           checkpoint=self.checkpoint, criterion=self.config.criterion, provenance=provenance,
                           metric=self.metric)
 
+
+def _nbytes(tensors: dict[str, Any]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())

@@ -20,7 +20,9 @@ Cells:
   workers      --workers 2 against serial on a short random study: trials per minute.
   criteria     the uniform policy at 0.3/0.5/0.7 with each channel criterion (l1 scores a
                group's producing filters; group-* score every layer the group couples, as
-               Torch-Pruning's group importance does): which one the default should be.
+               Torch-Pruning's group importance does): which one the default should be;
+               where another beats l1 there, the default search (cacp at 0.5) with it
+               against the agents cell's cacp.
 Below the agents table: the time split of the default search's episodes
 (apply, BN recalibration, evaluation, and the rest: agent updates and bookkeeping).
 Timings swing from run to run on shared machines; read ratios, not seconds.
@@ -187,7 +189,18 @@ def criteria(args: argparse.Namespace) -> None:
         rows.append((criterion, *(f"{_pct(c['holdout'])} / {_pct(c['test'])}" for c in cells), _pct(mean[criterion])))
     print("\nthe uniform policy with each channel criterion (BN-recalibrated; holdout / test %, test measured once):")
     print(format_table(["criterion", *(f"{t:g} of the MACs" for t in targets), "mean holdout %"], rows))
-    print(f"best by holdout: {max(mean, key=mean.get)}")
+    best = max(mean, key=mean.get)
+    print(f"best by holdout: {best}")
+    if best == "l1":
+        return
+    # the uniform policy is not what a user keeps: the default search (cacp at 0.5) with each, judged alike
+    searched = {"l1": run_cell("agent-cacp", args, agent="cacp"),
+                best: run_cell(f"cacp-{best}", args, agent=_preset(args, "cacp", criterion=best), targets=(0.5,))}
+    print(f"\nthe default search (cacp at 0.5, {load_preset('cacp').total_episodes} episodes) with each criterion:")
+    print(format_table(["criterion", "MACs kept", "holdout %", "test %", "uniform-L1 holdout %", "wall min"],
+                       [(c, f"{r['targets']['0.5']['macs']:.3f}", _pct(r["targets"]["0.5"]["holdout"]),
+                         _pct(r["targets"]["0.5"]["test"]), _pct(r["targets"]["0.5"]["uniform_holdout"]),
+                         f"{r['wall'] / 60:.1f}") for c, r in searched.items()]))
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, results: str) -> None:
