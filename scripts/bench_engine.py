@@ -8,7 +8,11 @@ for every policy, which is what the cache avoids), cached dataset load
 (goal < 1 s), evaluator throughput against a bare ``model(x)`` loop on the
 same pruned model and batches (goal >= 95 %), and the search's recalibrate +
 evaluate step in channels-last against contiguous layout (the Evaluator uses
-channels-last on every device because it is faster). Alternatives are interleaved in
+channels-last on every device because it is faster), and one episode of the
+search at 0.5 of the MACs (apply, recalibration, evaluation) against its
+forward-pass limit: the pruned model's MACs over the episode's 2,000 images at
+the dense peak this process measures (a channels-last 3x3 convolution or a
+matmul; goal: the episode within 2x of it). Alternatives are interleaved in
 one process and medians reported, because timings on shared machines swing.
 """
 
@@ -116,6 +120,28 @@ def main() -> None:
     layout_ratio = statistics.median(a / b for a, b in zip(protocol[torch.contiguous_format],
                                                            protocol[torch.channels_last]))
 
+    # an episode against its forward-pass limit: the pruned model's MACs over the episode's 2,000 images at the
+    # peak this process reaches on a dense channels-last 3x3 convolution or a square matmul (the best case)
+    m, (recal, holdout) = layouts[torch.channels_last]
+    parts = {"apply": [], "recalibrate": [], "evaluate": [], "peak": []}
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device, memory_format=torch.channels_last).eval()
+    x = torch.randn(128, 64, 32, 32, device=device).to(memory_format=torch.channels_last)
+    a = torch.randn(1024, 1024, device=device)
+    dense = {"conv": (lambda: conv(x), 64 * 64 * 9 * 32 * 32 * 128), "matmul": (lambda: a @ a, 1024 ** 3)}
+    with torch.no_grad():
+        for f, _ in dense.values():
+            f()  # warm-up
+        for _ in range(args.rounds):
+            parts["apply"].append(timed(lambda: space.apply(kept)))
+            parts["recalibrate"].append(timed(lambda: recalibrate_bn(m, recal)))
+            parts["evaluate"].append(timed(lambda: evaluate(m, holdout)))
+            parts["peak"].append(max(macs / timed(f, repeat=3) for f, macs in dense.values()))
+    episode = sum(statistics.median(parts[k]) for k in ("apply", "recalibrate", "evaluate"))
+    macs = space.cost(space.counts(np.full(len(space.searchable), 0.5))).macs
+    peak = statistics.median(parts["peak"])
+    images = recal.num_samples + holdout.num_samples
+    limit = macs * images / peak
+
     med = statistics.median
     rows = [
         ("cost-model query (MACs+params)", f"{med(query) * 1e6:.1f} us", "< 50 us", med(query) < 50e-6),
@@ -127,6 +153,11 @@ def main() -> None:
          ">= 95%", ratio >= 0.95),
         ("recalibrate + evaluate, channels-last speed-up", f"x{layout_ratio:.2f} ({med(protocol[torch.channels_last]):.2f} s "
          f"vs {med(protocol[torch.contiguous_format]):.2f} s contiguous)", "> 1 (the Evaluator's layout)", layout_ratio > 1),
+        ("episode at 0.5: apply + recalibrate + evaluate", f"{episode:.2f} s ({med(parts['apply']):.2f} + "
+         f"{med(parts['recalibrate']):.2f} + {med(parts['evaluate']):.2f})", "", ""),
+        (f"  forward-pass limit ({macs / 1e6:.0f}M MACs x {images} images)", f"{limit:.2f} s at "
+         f"{2 * peak / 1e9:.0f} GFLOP/s dense peak", "", ""),
+        ("  episode / limit", f"x{episode / limit:.1f}", "<= 2", episode / limit <= 2),
     ]
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {args.rounds} rounds")
     print(format_table(["measure", "value", "goal", "met"], [(a, b, c, {True: "yes", False: "NO", "": ""}[d]) for a, b, c, d in rows]))
