@@ -53,9 +53,12 @@ HEADER = ["batch", "policy", "MACs kept", "params kept", "latency kept", "speed-
 
 
 def _run(command: list[str], out: Path) -> Path:
-    """Run an autoprune command once: skipped when ``out`` holds its finished output."""
+    """Run an autoprune command once: skipped when ``out`` holds its finished output, and a search that was
+    stopped part-way continued from its last checkpoint (``--resume``)."""
     if (out / "policy.json").exists():
         return out
+    if command[1] == "search" and (out / "config.yaml").is_file():
+        command = ["autoprune", "search", "--resume", str(out)]
     print("$ " + " ".join(command), flush=True)
     subprocess.run(command, check=True)
     return out
