@@ -69,7 +69,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     ratio_sets = [rng.uniform(0.2, 1.0, len(space.searchable)) for _ in range(1000)]
     count_sets = [space.counts(r) for r in ratio_sets]
-    kept = space.select(space.counts(np.full(len(space.searchable), 0.5)), space.scores("l1"))
+    half = space.counts(np.full(len(space.searchable), 0.5))  # the uniform 0.5 policy
+    kept = space.select(half, space.scores("l1"))
 
     query, apply_cached, apply_retrace = [], [], []
     for _ in range(args.rounds):
@@ -150,7 +151,7 @@ def main() -> None:
             parts["peak"].append(max(macs / timed(f, repeat=3) for f, macs in dense.values()))
             parts["uneven"].append(statistics.median(uneven_episode(i) for i in range(len(uneven))))
     episode = sum(statistics.median(parts[k]) for k in ("apply", "recalibrate", "evaluate"))
-    macs = space.cost(space.counts(np.full(len(space.searchable), 0.5))).macs
+    macs = space.cost(half).macs
     peak = statistics.median(parts["peak"])
     images = recal.num_samples + holdout.num_samples
     limit = macs * images / peak

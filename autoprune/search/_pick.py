@@ -28,7 +28,7 @@ from ..policy import Policy
 from ..pruning import format_value, uniform_counts
 from ._config import SearchConfig, SearchResult
 from ._run_dir import SearchRunDir
-from ._searcher import Candidate, Proposals
+from ._searcher import Candidate, Proposals, asked_targets
 
 __all__ = ["TABLE_HEADER", "pick", "uniform_reference"]
 
@@ -42,9 +42,7 @@ def pick(config: SearchConfig, run: SearchRunDir, env: PruningEnv, proposals: Pr
 
     ``started`` (ISO 8601) is when the run was created (kept across --resume); result.json records it and the end.
     """
-    # only the asked targets (all the preset's when none were asked): each costs a re-judging, a test pass and a
-    # uniform-L1 reference; a conditional agent's other training targets stay exportable (autoprune export-policy)
-    targets = [float(t) for t in (config.targets or env.config.targets)]
+    targets = asked_targets(config, env)
     missing = [t for t in targets if t not in proposals.answers and not proposals.pools.get(t)]
     if missing:
         raise AutopruneError(f"No finished episode meets the target(s) {missing}: nothing to pick from. "

@@ -17,7 +17,7 @@ from ..errors import AutopruneError
 from ._agents import build_agent, episodes_per_learn, load_agent, total_episodes
 from ._preset import Preset
 from ._run_dir import SearchRunDir
-from ._searcher import Proposals, Searcher, add_candidate
+from ._searcher import Proposals, Searcher, add_candidate, asked_targets
 from ._tracker import Tracker
 
 __all__ = ["RLSearcher", "run_rl", "rollout"]
@@ -34,7 +34,7 @@ class RLSearcher(Searcher):
         finally:
             tracker.close()
         proposals = Proposals.played(env, tracker.candidates, started)
-        asked = [float(t) for t in self.config.targets or env.config.targets]
+        asked = asked_targets(self.config, env)
         for target in asked:  # what the trained actor proposes (CACP's export)
             reward, counts = rollout(agent, env, target)
             add_candidate(proposals.pools, target, reward, counts)

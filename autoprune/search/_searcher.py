@@ -21,9 +21,18 @@ from ._config import SearchConfig
 from ._preset import Preset
 from ._run_dir import SearchRunDir
 
-__all__ = ["Candidate", "Proposals", "Searcher", "add_candidate"]
+__all__ = ["Candidate", "Proposals", "Searcher", "add_candidate", "asked_targets"]
 
 Candidate = list  # [reward, counts]: a list, so the pools round-trip through a checkpoint's YAML as they are
+
+
+def asked_targets(config: SearchConfig, env: PruningEnv) -> list[float]:
+    """The targets the final pick answers: the asked ones, or all the preset's when none were asked.
+
+    Each costs a re-judging, a test pass and a uniform-L1 reference; a conditional agent's other training
+    targets stay exportable (``autoprune export-policy``).
+    """
+    return [float(t) for t in config.targets or env.config.targets]
 
 
 def add_candidate(pools: dict[float, list[Candidate]], target: float, reward: float, counts: list[int]) -> None:

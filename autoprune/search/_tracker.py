@@ -24,7 +24,7 @@ def episode_row(episode: int, target: float, reward: float, accuracy: float, mac
 class Tracker:
     """Records each finished episode; keeps the distinct policies per target with their rewards."""
 
-    def __init__(self, run: SearchRunDir, channels: np.ndarray, reward: str = "acc") -> None:
+    def __init__(self, run: SearchRunDir, channels: np.ndarray, reward: str) -> None:
         self.run, self.channels, self.reward = run, channels, reward  # reward: the env's kind, for the bar
         self.candidates: dict[float, list[Candidate]] = {}  # target -> [[reward, counts], ...]
         self.episodes = self.total = 0
