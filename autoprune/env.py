@@ -11,6 +11,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from torch import nn
 
 from .errors import AutopruneError, BudgetError, unknown_name
 from .evaluate import Evaluator
@@ -298,8 +299,9 @@ class PruningEnv(gym.Env):
         return model
 
     def _keep_bn_state(self, key: tuple[int, ...], model: Any) -> None:
-        state = {name: t.detach().clone() for name, t in model.state_dict().items()
-                 if name.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
+        state = {f"{name}.{b}": t.detach().clone() for name, m in model.named_modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) for b, t in m.named_buffers(recurse=False)
+                 if t is not None}
         self._bn_states[key] = state
         self._bn_bytes += _nbytes(state)
         while self._bn_bytes > _BN_KEPT_BYTES and len(self._bn_states) > 1:  # the oldest go first
