@@ -13,7 +13,9 @@ search at 0.5 of the MACs (apply, recalibration, evaluation) against its
 forward-pass limit: the pruned model's MACs over the episode's 2,000 images at
 the dense peak this process measures (a channels-last 3x3 convolution or a
 matmul; goal: the episode within 2x of it); beside it, five random policies
-near 0.5 with uneven widths, as a search's are, against the same limit. Alternatives are interleaved in
+near 0.5 with uneven widths, as a search's are, against the same limit, run as
+the Evaluator runs them (batches side by side on CPU threads) and, interleaved,
+in one multi-threaded pass at 500 images a batch (as it ran them before). Alternatives are interleaved in
 one process and medians reported, because timings on shared machines swing.
 """
 
@@ -32,7 +34,8 @@ import torch_pruning as tp
 from autoprune._device import resolve_device
 from autoprune._table import format_table
 from autoprune.data import DeviceLoader, load_dataset, make_splits
-from autoprune.evaluate import evaluate, recalibrate_bn
+from autoprune._side_by_side import default_workers
+from autoprune.evaluate import default_batch_size, evaluate, recalibrate_bn
 from autoprune.models import create, get_model_info
 from autoprune.pruning import CUSTOM_PRUNERS, PrunableSpace
 
@@ -104,12 +107,12 @@ def main() -> None:
 
     # the search's protocol (BN recalibration on 1000 training images, then 1000 holdout images), in the
     # channels-last layout the Evaluator uses against the default contiguous one
-    def protocol_loaders(channels_last: bool) -> tuple[DeviceLoader, DeviceLoader]:
+    def protocol_loaders(channels_last: bool, batch_size: int = 500) -> tuple[DeviceLoader, DeviceLoader]:
         common = dict(mean=info.mean, std=info.std, device=device, channels_last=channels_last)
         recal = DeviceLoader(dataset.train_images[splits.train[:1000]], dataset.train_labels[splits.train[:1000]],
                              batch_size=100, **common)
         holdout = DeviceLoader(dataset.train_images[splits.holdout[:1000]], dataset.train_labels[splits.holdout[:1000]],
-                               batch_size=500, **common)
+                               batch_size=batch_size, **common)
         return recal, holdout
 
     layouts = {fmt: (copy.deepcopy(pruned).to(memory_format=fmt), protocol_loaders(fmt == torch.channels_last))
@@ -124,18 +127,28 @@ def main() -> None:
 
     # an episode against its forward-pass limit: the pruned model's MACs over the episode's 2,000 images at the
     # peak this process reaches on a dense channels-last 3x3 convolution or a square matmul (the best case)
-    m, (recal, holdout) = layouts[torch.channels_last]
-    parts = {"apply": [], "recalibrate": [], "evaluate": [], "peak": [], "uneven": []}
+    # as the Evaluator runs it: batches side by side on CPU threads (autoprune._side_by_side), 100 a batch on a CPU;
+    # beside it, the uneven policies in one multi-threaded pass at 500 a batch (before)
+    m = layouts[torch.channels_last][0]
+    workers = default_workers(device)
+    ev_batch = default_batch_size(device)
+    recal, holdout = protocol_loaders(True, ev_batch)
+    one_recal, one_holdout = protocol_loaders(True, 500)
+    parts = {"apply": [], "recalibrate": [], "evaluate": [], "peak": [], "uneven": [], "one pass": []}
     # a search's policies are uneven (each group its own width): five of the random ones at 0.45-0.55 of the MACs
     full = space.cost(space.channels).macs
     uneven = [c for c in count_sets if 0.45 <= space.cost(c).macs / full <= 0.55][:5]
     uneven_kept = [space.select(c, space.scores("l1")) for c in uneven]
 
-    def uneven_episode(i: int) -> float:  # seconds per MAC of one uneven policy's episode, the limit's unit
+    def uneven_episode(i: int, side_by_side: bool = True) -> float:  # seconds per MAC of one policy's episode
         def episode() -> None:
             model = space.apply(uneven_kept[i]).to(device, memory_format=torch.channels_last).eval()
-            recalibrate_bn(model, recal)
-            evaluate(model, holdout)
+            if side_by_side:
+                recalibrate_bn(model, recal, workers=workers)
+                evaluate(model, holdout, workers=workers)
+            else:
+                recalibrate_bn(model, one_recal)
+                evaluate(model, one_holdout)
         return timed(episode) / space.cost(uneven[i]).macs
     conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device, memory_format=torch.channels_last).eval()
     x = torch.randn(128, 64, 32, 32, device=device).to(memory_format=torch.channels_last)
@@ -146,10 +159,12 @@ def main() -> None:
             f()  # warm-up
         for _ in range(args.rounds):
             parts["apply"].append(timed(lambda: space.apply(kept)))
-            parts["recalibrate"].append(timed(lambda: recalibrate_bn(m, recal)))
-            parts["evaluate"].append(timed(lambda: evaluate(m, holdout)))
+            parts["recalibrate"].append(timed(lambda: recalibrate_bn(m, recal, workers=workers)))
+            parts["evaluate"].append(timed(lambda: evaluate(m, holdout, workers=workers)))
             parts["peak"].append(max(macs / timed(f, repeat=3) for f, macs in dense.values()))
-            parts["uneven"].append(statistics.median(uneven_episode(i) for i in range(len(uneven))))
+            for i in range(len(uneven)):  # interleaved, policy by policy
+                parts["uneven"].append(uneven_episode(i))
+                parts["one pass"].append(uneven_episode(i, side_by_side=False))
     episode = sum(statistics.median(parts[k]) for k in ("apply", "recalibrate", "evaluate"))
     macs = space.cost(half).macs
     peak = statistics.median(parts["peak"])
@@ -157,6 +172,7 @@ def main() -> None:
     limit = macs * images / peak
 
     med = statistics.median
+    side_gain = med(o / u for o, u in zip(parts["one pass"], parts["uneven"]))
     rows = [
         ("cost-model query (MACs+params)", f"{med(query) * 1e6:.1f} us", "< 50 us", med(query) < 50e-6),
         ("apply(policy), resnet56, cached structure", f"{med(apply_cached) * 1e3:.1f} ms", "< 50 ms", med(apply_cached) < 0.05),
@@ -174,6 +190,9 @@ def main() -> None:
         ("  episode / limit", f"x{episode / limit:.1f}", "<= 2", episode / limit <= 2),
         (f"  uneven widths ({len(uneven)} random policies at 0.45-0.55 of the MACs) / limit",
          f"x{med(parts['uneven']) * peak / images:.1f}", "<= 2", med(parts["uneven"]) * peak / images <= 2),
+        (f"  their episode: {workers} batches side by side (batch {ev_batch}) vs one pass (batch 500)",
+         f"x{side_gain:.2f} faster (one pass x{med(parts['one pass']) * peak / images:.1f} the limit)",
+         "> 1 (the Evaluator's way)", side_gain > 1),
     ]
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {args.rounds} rounds")
     print(format_table(["measure", "value", "goal", "met"], [(a, b, c, {True: "yes", False: "NO", "": ""}[d]) for a, b, c, d in rows]))

@@ -48,6 +48,40 @@ def test_recalibration_is_a_cumulative_average_and_restores_state():
     assert model[1].momentum == 0.3 and not model.training
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_side_by_side_batches_give_the_statistics_and_counts_of_one_pass(workers):
+    """Batches spread over threads (three workers: uneven shares) recalibrate to the one-pass averages and count
+    the same hits; the caller's model, momentum and thread count come back as they were."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.3), nn.ReLU(), nn.Flatten(),
+                          nn.LazyLinear(5)).eval()
+    batches = [(torch.randn(8, 3, 6, 6) * s + s, torch.randint(0, 5, (8,))) for s in (1.0, 3.0, 0.5, 2.0, 1.5)]
+    model(batches[0][0])  # materialises the lazy layer
+    alone = [b.clone() for b in (model[1].running_mean, model[1].running_var)]
+    threads = torch.get_num_threads()
+    assert recalibrate_bn(model, batches) == 5
+    one = [model[1].running_mean.clone(), model[1].running_var.clone()]
+    assert recalibrate_bn(model, batches, workers=workers) == 5
+    assert torch.allclose(model[1].running_mean, one[0], atol=1e-6) and not torch.equal(model[1].running_mean, alone[0])
+    assert torch.allclose(model[1].running_var, one[1], atol=1e-5)
+    assert int(model[1].num_batches_tracked) == 5 and model[1].momentum == 0.3 and not model.training
+    assert evaluate(model, batches, workers=workers) == evaluate(model, batches)
+    assert torch.get_num_threads() == threads
+
+
+def test_a_failing_batch_stops_the_workers_and_raises_in_the_caller():
+    def batches():
+        yield torch.zeros(2, 3, 6, 6), torch.zeros(2, dtype=torch.long)
+        raise RuntimeError("unreadable image")
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(5)).eval()
+    model(torch.zeros(1, 3, 6, 6))
+    with pytest.raises(RuntimeError, match="unreadable image"):
+        evaluate(model, batches(), workers=2)
+    with pytest.raises(RuntimeError, match="shape"):  # a worker's own error reaches the caller too
+        evaluate(model, [(torch.zeros(2, 3, 6, 6), torch.zeros(2, dtype=torch.long)),
+                         (torch.zeros(2, 3, 7, 7), torch.zeros(2, dtype=torch.long))], workers=2)
+
+
 @pytest.mark.slow
 def test_pretrained_resnet20_scores_its_published_accuracy():
     from autoprune.checkpoints import load_model

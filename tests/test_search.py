@@ -67,8 +67,8 @@ def test_the_final_pick_recalibrates_nothing_the_search_recalibrated(tiny, tmp_p
     from autoprune.search import _pick
 
     calls = []
-    monkeypatch.setattr(evaluate, "recalibrate_bn", lambda model, batches, f=evaluate.recalibrate_bn: (
-        calls.append(1), f(model, batches))[1])
+    monkeypatch.setattr(evaluate, "recalibrate_bn", lambda model, batches, f=evaluate.recalibrate_bn, **kw: (
+        calls.append(1), f(model, batches, **kw))[1])
     judged = []
     original = _pick.pick
     monkeypatch.setattr("autoprune.search._search.pick", lambda *a, **k: (judged.append(len(calls)), original(*a, **k))[1])
