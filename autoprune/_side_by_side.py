@@ -2,9 +2,9 @@
 
 On a CPU, the forward pass of a pruned CIFAR network over one batch leaves its intra-op threads short of
 work: its layers are 3-64 channels wide. Batches that do not depend on each other (an evaluation; a BN
-recalibration, whose cumulative average is a mean over batches) go faster side by side: a search's
-evaluation of a resnet56 policy (recalibrate, then score the reward part) took 1.2x less time with two
-one-thread workers than with one two-thread pass (scripts/bench_engine.py). Torch releases the GIL in its
+recalibration, whose cumulative average is a mean over batches) go faster side by side: the evaluation of
+uneven resnet56 policies (recalibrate, then score 1,000 images) was 1.14x faster with two one-thread workers
+than in one two-thread pass (scripts/bench_engine.py, interleaved). Torch releases the GIL in its
 kernels, so threads suffice; the model is shared read-only, or copied per worker where it changes state.
 
 Batch ``j`` goes to worker ``j mod k``, in order, so every worker sees the same batches on every run and
