@@ -11,10 +11,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from torch import nn
 
 from .errors import AutopruneError, BudgetError, unknown_name
-from .evaluate import Evaluator
+from .evaluate import Evaluator, batch_norms
 from .policy import Policy, policy_for
 from .pruning import Metric, PrunableSpace, check_target, flops_metric, uniform_counts
 
@@ -299,9 +298,9 @@ class PruningEnv(gym.Env):
         return model
 
     def _keep_bn_state(self, key: tuple[int, ...], model: Any) -> None:
-        state = {f"{name}.{b}": t.detach().clone() for name, m in model.named_modules()
-                 if isinstance(m, nn.modules.batchnorm._BatchNorm) for b, t in m.named_buffers(recurse=False)
-                 if t is not None}
+        bns = set(batch_norms(model))
+        state = {f"{name}.{b}": t.detach().clone() for name, m in model.named_modules() if m in bns
+                 for b, t in m.named_buffers(recurse=False) if t is not None}
         self._bn_states[key] = state
         self._bn_bytes += _nbytes(state)
         while self._bn_bytes > _BN_KEPT_BYTES and len(self._bn_states) > 1:  # the oldest go first

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from .proxies import Proxy
     from .pruning import PrunableSpace
 
-__all__ = ["Accuracy", "evaluate", "recalibrate_bn", "check_classes", "default_batch_size", "Evaluator"]
+__all__ = ["Accuracy", "evaluate", "recalibrate_bn", "check_classes", "default_batch_size", "batch_norms",
+           "Evaluator"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -77,6 +78,11 @@ def evaluate(model: nn.Module, batches: Batches, *, progress: str | None = None,
     return Accuracy(sum(int(c[0]) for c in counts) / samples, sum(int(c[1]) for c in counts) / samples, samples)
 
 
+def batch_norms(model: nn.Module) -> list[nn.Module]:
+    """``model``'s BatchNorm layers, in module order: what adaptive BN re-estimates."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Batches, *, workers: int = 1) -> int:
     """Re-estimate every BatchNorm's running statistics on ``batches`` (adaptive BN).
@@ -87,7 +93,7 @@ def recalibrate_bn(model: nn.Module, batches: Batches, *, workers: int = 1) -> i
     ``workers`` > 1 runs the batches side by side on CPU threads, each through its own copy of the model
     (train-mode BN writes its statistics); the copies' averages are then combined, weighted by their batches.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = batch_norms(model)
     saved = [(m.momentum, m.training) for m in bns]
     model.eval()
     for m in bns:
@@ -106,8 +112,7 @@ def recalibrate_bn(model: nn.Module, batches: Batches, *, workers: int = 1) -> i
     try:
         side_by_side(batches, forward, len(replicas))
         if len(replicas) > 1 and sum(used) > 0:
-            _combine(bns, [[m for m in r.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-                           for r in replicas], used)
+            _combine(bns, [batch_norms(r) for r in replicas], used)
     finally:
         for m, (momentum, training) in zip(bns, saved):
             m.momentum = momentum

@@ -133,7 +133,7 @@ def main() -> None:
     workers = default_workers(device)
     ev_batch = default_batch_size(device)
     recal, holdout = protocol_loaders(True, ev_batch)
-    one_recal, one_holdout = protocol_loaders(True, 500)
+    one_holdout = layouts[torch.channels_last][1][1]  # the same images at 500 a batch
     parts = {"apply": [], "recalibrate": [], "evaluate": [], "peak": [], "uneven": [], "one pass": []}
     # a search's policies are uneven (each group its own width): five of the random ones at 0.45-0.55 of the MACs
     full = space.cost(space.channels).macs
@@ -147,7 +147,7 @@ def main() -> None:
                 recalibrate_bn(model, recal, workers=workers)
                 evaluate(model, holdout, workers=workers)
             else:
-                recalibrate_bn(model, one_recal)
+                recalibrate_bn(model, recal)
                 evaluate(model, one_holdout)
         return timed(episode) / space.cost(uneven[i]).macs
     conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device, memory_format=torch.channels_last).eval()
