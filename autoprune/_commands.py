@@ -59,6 +59,11 @@ def _need_spec(args: argparse.Namespace) -> ModelSpec:
     return spec
 
 
+def _need_data(args: argparse.Namespace, why: str) -> str:
+    """``--data-dir``, or a clear error saying ``why`` the command needs it."""
+    if not args.data_dir:
+        raise AutopruneError(f"--data-dir is required: {why}.")
+    return args.data_dir
 
 
 def _label(spec: ModelSpec) -> str:
@@ -86,11 +91,6 @@ def _fractions(values: Sequence[str | float], arch: str | ModelSpec, space: str 
 
 
 _LATENCY_OPTIONS = ("runtime", "device", "batch", "threads", "dtype")
-
-
-def _check_round_to(value: int | None) -> None:
-    if value is not None and value < 1:
-        raise AutopruneError(f"--round-to must be at least 1, but got {value}.")
 
 
 def _budget(args: argparse.Namespace) -> tuple[str, list[str] | None, dict | None]:
@@ -256,7 +256,6 @@ def run_prune(args: argparse.Namespace) -> int:
     budget = budget_metric(metric, latency)  # a runtime or device that cannot time: refused before any work
     RunDir.check(out, kind="prune", overwrite=args.overwrite)
     model, sha = load_model(spec, args.checkpoint)
-    _check_round_to(args.round_to)
     space_for(model, spec, args.space, round_to=args.round_to)  # a model that cannot be pruned is refused here
     target = _fractions(values, spec, args.space, metric, latency)[0]
     batches, dataset_name = None, args.dataset
@@ -307,8 +306,7 @@ def run_search(args: argparse.Namespace) -> int:
     else:
         spec = _need_spec(args)
         arch = spec.source
-        if not args.data_dir:
-            raise AutopruneError("--data-dir is required: the search judges policies on held-out training images.")
+        _need_data(args, "the search judges policies on held-out training images")
         targets = _fractions(values, spec, args.space, metric, latency) if values else None
         config = SearchConfig(arch=arch, model=None if spec == ModelSpec(arch) else spec.to_dict(),
                               data_dir=args.data_dir, agent=args.agent, checkpoint=args.checkpoint,
@@ -455,8 +453,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         return _resume_training(args)
     if not args.policy:
         raise AutopruneError("--policy is required (or --resume RUN_DIR).")
-    if not args.data_dir:
-        raise AutopruneError("--data-dir is required: fine-tuning trains on it and judges on its holdout split.")
+    _need_data(args, "fine-tuning trains on it and judges on its holdout split")
     if len(args.policy) > 1 and not args.ray:
         raise AutopruneError(f"{len(args.policy)} policies given: pass --ray to fine-tune them as Ray Tune trials "
                              "(a local Ray needs no setup), or give one --policy.")
@@ -484,8 +481,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         return _resume_training(args)
-    if not args.data_dir:
-        raise AutopruneError("--data-dir is required: training reads it and judges on its holdout split.")
+    _need_data(args, "training reads it and judges on its holdout split")
     if args.policy is None:
         _need_spec(args)
     config = make_config("scratch", args.data_dir, policy=args.policy, arch=args.arch, scratch=args.scratch,
@@ -511,8 +507,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     else:
         spec = _need_spec(args)
         arch = spec.source
-        if not args.data_dir:
-            raise AutopruneError("--data-dir is required: every cell searches and fine-tunes on it.")
+        _need_data(args, "every cell searches and fine-tunes on it")
         named = {} if spec == ModelSpec(arch) else {"model": spec.to_dict()}
         metric, values, latency = _budget(args)
         budget = {"metric": metric, "latency": latency} if metric != "flops" else {}

@@ -91,7 +91,8 @@ def recalibrate_bn(model: nn.Module, batches: Batches, *, workers: int = 1) -> i
     None), so the result does not depend on the old values or on the order of
     batches. Only BN layers switch to train mode. Returns the batches used.
     ``workers`` > 1 runs the batches side by side on CPU threads, each through its own copy of the model
-    (train-mode BN writes its statistics); the copies' averages are then combined, weighted by their batches.
+    (train-mode BN writes its statistics; the copies share the parameters, which it only reads, so a large
+    model is not held once per worker); the copies' averages are then combined, weighted by their batches.
     """
     bns = batch_norms(model)
     saved = [(m.momentum, m.training) for m in bns]
@@ -100,7 +101,8 @@ def recalibrate_bn(model: nn.Module, batches: Batches, *, workers: int = 1) -> i
         m.reset_running_stats()
         m.momentum = None
         m.train()
-    replicas = [model] + [copy.deepcopy(model) for _ in range(workers - 1)]
+    shared = {id(p): p for p in model.parameters()}  # deepcopy's memo: these are reused, not copied
+    replicas = [model] + [copy.deepcopy(model, dict(shared)) for _ in range(workers - 1)]
     used = [0] * len(replicas)
 
     def forward(w: int, batch: tuple[torch.Tensor, torch.Tensor]) -> None:

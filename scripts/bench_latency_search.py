@@ -98,9 +98,10 @@ def one_batch(args: argparse.Namespace, batch: int) -> list[tuple]:
                        root / "uniform")
     uniform = Policy.load(uniform_dir / "policy.json")
     episodes = ["--episodes", str(args.episodes)] if args.episodes else []
+    latency_episodes = ["--episodes", str(args.latency_episodes)] if args.latency_episodes else episodes
     latency_dir = _run(["autoprune", "search", *_common(args), "--agent", "cacp", "--target-latency", target,
-                        *_latency_flags(args, batch), *episodes, "--out", str(root / "search-latency"), "--overwrite"],
-                       root / "search-latency")
+                        *_latency_flags(args, batch), *latency_episodes, "--out", str(root / "search-latency"),
+                        "--overwrite"], root / "search-latency")
     space = PrunableSpace(create(args.arch).eval(), args.arch, round_to=args.round_to)
     low, _ = reachable(space, make_metric(space))  # MACs targets below the space's floor are left out
     flops_targets = [f"{t:g}" for t in sorted({round(uniform.macs_fraction + d, 3) for d in args.flops_offsets})
@@ -152,6 +153,9 @@ def main() -> None:
     parser.add_argument("--flops-offsets", type=float, nargs="+", default=[-0.1, -0.05, 0.0, 0.05],
                         help="MACs targets of the FLOPs search, relative to uniform-L1's MACs fraction at the latency")
     parser.add_argument("--episodes", type=int, help="search episodes per target (default: cacp's)")
+    parser.add_argument("--latency-episodes", type=int,
+                        help="the latency search's episodes per target (default: --episodes): it has fewer targets "
+                             "than the FLOPs search, so equal budgets need more per target")
     parser.add_argument("--epochs", type=int, default=1, help="fine-tune epochs, the cpu preset (default 1)")
     parser.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"], help="the latency's runtime")
     parser.add_argument("--round-to", type=int, help="every search and prune keeps multiples of N channels")

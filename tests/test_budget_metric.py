@@ -339,7 +339,7 @@ def test_round_to_makes_every_count_a_multiple_and_keys_its_own_latency_table():
     assert all((eights.count_options(j) % 8 == 0).all() for j in range(len(eights.searchable)))
     assert (eights.counts(np.full(len(eights.searchable), 0.55)) % 8 == 0).all()
     assert structure_hash(plain) != structure_hash(eights)  # a latency table of one is never read for the other
-    with pytest.raises(AutopruneError, match="round must be at least 1"):
+    with pytest.raises(AutopruneError, match="round_to\\) must be an integer of at least 1"):
         PrunableSpace(model, "resnet20", round_to=0)
 
 
@@ -362,6 +362,6 @@ def test_round_to_from_the_command_line_the_search_and_its_resume(tiny, capsys, 
         resume_config(tmp_path / "run", round_to=8)
     code, _, err = _cli(capsys, "prune", "--arch", "resnet20", "--checkpoint", tiny / "r20.th", "--target-flops", "0.5",
                         "--round-to", 0, "--out", tmp_path / "q")
-    assert code == 2 and "--round-to must be at least 1" in err and "Traceback" not in err
-    with pytest.raises(AutopruneError, match="--round-to must be an integer of at least 1"):
+    assert code == 2 and "--round-to (round_to) must be an integer of at least 1" in err and "Traceback" not in err
+    with pytest.raises(AutopruneError, match="round_to\\) must be an integer of at least 1"):
         search_config(tiny, "tpe", round_to=0)

@@ -114,27 +114,12 @@ class DeviceLoader(SeededEpochs):
         channels_last: bool = False,
         limit: int | None = None,
     ) -> None:
-        if not _is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer of at least 1, but got {batch_size=}.")
-        if limit is not None and (not _is_int(limit) or limit < 1):
-            raise ValueError(f"limit must be None or an integer of at least 1, but got {limit=}.")
-        if not _is_int(seed):
-            raise ValueError(f"seed must be an integer, but got {seed=}.")
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
             got = f"{images.dtype} {list(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
             raise DataError(f"images must be a uint8 tensor of shape [N, C, H, W], but got {got}.")
-        if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
-            got = f"{labels.dtype} {list(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
-            raise DataError(f"labels must be a 1-D integer tensor, but got {got}.")
-        if len(images) != len(labels):
-            raise DataError(f"images and labels must have the same length, but got {len(images)} images and {len(labels)} labels.")
-        channels = images.shape[1]
-        self.device = torch.device(device)
-        self._mean = _channel_stat("mean", mean, channels, self.device)
-        self._std = _channel_stat("std", std, channels, self.device)
-        if (self._std <= 0).any():
-            raise ValueError(f"std must be positive in every channel, but got std={self._std.flatten().tolist()}.")
-
+        self.device, self._mean, self._std = check_batching(
+            batch_size=batch_size, limit=limit, seed=seed, labels=labels, images=len(images), mean=mean, std=std,
+            channels=images.shape[1], device=device)
         n = len(images) if limit is None else min(limit, len(images))
         self.images = images[:n].to(self.device).contiguous()
         self.labels = labels[:n].to(self.device, torch.int64)
@@ -189,6 +174,29 @@ def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: 
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     channel = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def check_batching(*, batch_size: int, limit: int | None, seed: int, labels: torch.Tensor, images: int,
+                   mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor, channels: int,
+                   device: torch.device | str) -> tuple[torch.device, torch.Tensor, torch.Tensor]:
+    """What every loader checks of its arguments (``images`` is the image count); returns the device and the
+    per-channel mean and std, shaped to broadcast over a batch on it."""
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer of at least 1, but got {batch_size=}.")
+    if limit is not None and (not _is_int(limit) or limit < 1):
+        raise ValueError(f"limit must be None or an integer of at least 1, but got {limit=}.")
+    if not _is_int(seed):
+        raise ValueError(f"seed must be an integer, but got {seed=}.")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
+        got = f"{labels.dtype} {list(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise DataError(f"labels must be a 1-D integer tensor, but got {got}.")
+    if images != len(labels):
+        raise DataError(f"images and labels must have the same length, but got {images} images and {len(labels)} labels.")
+    device = torch.device(device)
+    mean, std = _channel_stat("mean", mean, channels, device), _channel_stat("std", std, channels, device)
+    if (std <= 0).any():
+        raise ValueError(f"std must be positive in every channel, but got std={std.flatten().tolist()}.")
+    return device, mean, std
 
 
 def _is_int(value: object) -> bool:

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import DataError
-from ._loader import SeededEpochs, _channel_stat, _is_int, crop_flip
+from ._loader import SeededEpochs, _is_int, check_batching, crop_flip
 from ._sources import ImageSource
 from ._transforms import Transforms
 
@@ -130,24 +130,11 @@ class StreamLoader(SeededEpochs):
         workers: int | None = None,
         skip_bad: bool = False,
     ) -> None:
-        if not _is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer of at least 1, but got {batch_size=}.")
-        if limit is not None and (not _is_int(limit) or limit < 1):
-            raise ValueError(f"limit must be None or an integer of at least 1, but got {limit=}.")
-        if not _is_int(seed):
-            raise ValueError(f"seed must be an integer, but got {seed=}.")
         if workers is not None and (not _is_int(workers) or workers < 0):
             raise ValueError(f"workers must be None or an integer of at least 0, but got {workers=}.")
-        if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point():
-            raise DataError("labels must be a 1-D integer tensor.")
-        if len(source) != len(labels):
-            raise DataError(f"images and labels must have the same length, but got {len(source)} images and "
-                            f"{len(labels)} labels.")
-        self.device = torch.device(device)
-        self._mean = _channel_stat("mean", mean, 3, self.device)
-        self._std = _channel_stat("std", std, 3, self.device)
-        if (self._std <= 0).any():
-            raise ValueError(f"std must be positive in every channel, but got std={self._std.flatten().tolist()}.")
+        self.device, self._mean, self._std = check_batching(
+            batch_size=batch_size, limit=limit, seed=seed, labels=labels, images=len(source), mean=mean, std=std,
+            channels=3, device=device)
         n = len(source) if limit is None else min(limit, len(source))
         self.source = source if n == len(source) else source.subset(range(n))
         self.labels = labels[:n].to(torch.int64).cpu()

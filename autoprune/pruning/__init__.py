@@ -13,7 +13,7 @@ from ._metric import METRICS, Metric, MetricLike, flops_metric, format_value, ma
 from ._prune import apply, prune
 from ._reconstruct import Reconstruction, consumers, lasso_path, sample_features
 from ._shortcut_pruner import CUSTOM_PRUNERS
-from ._space import PrunableSpace, space_for, top_k
+from ._space import PrunableSpace, check_round_to, space_for, top_k
 from ._spec import SpaceSpec
 
 __all__ = [
@@ -26,7 +26,7 @@ __all__ = [
     # feature-map reconstruction (He et al. 2017)
     "Reconstruction", "consumers", "lasso_path", "sample_features",
     # groups and spaces
-    "CUSTOM_PRUNERS", "Group", "Member", "PrunableSpace", "SpaceSpec", "space_for", "top_k",
+    "CUSTOM_PRUNERS", "Group", "Member", "PrunableSpace", "SpaceSpec", "check_round_to", "space_for", "top_k",
     # physical pruning
     "apply", "prune",
 ]

@@ -27,7 +27,14 @@ from ._discover import Group, build_graph, discover_groups, prune_target, record
 from ._reconstruct import reconstruction_problems
 from ._spec import AUTO_SPACE, SpaceSpec, load_spec
 
-__all__ = ["PrunableSpace", "space_for"]
+__all__ = ["PrunableSpace", "check_round_to", "space_for"]
+
+
+def check_round_to(value: object) -> None:
+    """Refuse a channel rounding that is not a positive integer, naming the option (a config checks it before
+    any model loads; the space checks it for Python callers)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise AutopruneError(f"--round-to (round_to) must be an integer of at least 1, but got {value!r}.")
 
 Kept = Mapping[str, Sequence[int] | np.ndarray]
 
@@ -69,7 +76,8 @@ class PrunableSpace:
         self.arch = self.info.source
         self.spec: SpaceSpec = load_spec(self.info.family, space)
         if round_to is not None:
-            self.spec = replace(self.spec, round=round_to)  # SpaceSpec checks it
+            check_round_to(round_to)
+            self.spec = replace(self.spec, round=round_to)
         device = next(model.parameters()).device
         example = torch.zeros(1, *self.info.input_size, device=device)
         with every_output(model), recording_output_sizes(model) as shapes:  # every head's channels are traced

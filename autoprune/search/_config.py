@@ -11,6 +11,7 @@ from ..errors import AutopruneError
 from ..models import ModelSpec
 from ..policy import Policy
 from ..proxies import get_proxy
+from ..pruning import check_round_to
 
 __all__ = ["SearchConfig", "SearchResult"]
 
@@ -70,8 +71,7 @@ class SearchConfig:
             raise AutopruneError(f"arch {self.arch!r} and the model spec's source {self.model_spec.source!r} differ.")
         if self.episodes is not None and self.episodes < 1:
             raise AutopruneError(f"--episodes must be at least 1, but got {self.episodes}.")
-        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
-            raise AutopruneError(f"--round-to must be an integer of at least 1, but got {self.round_to!r}.")
+        check_round_to(self.round_to)
         if self.top_k < 1:
             raise AutopruneError(f"--top-k must be at least 1, but got {self.top_k}.")
         if self.reward_proxy is not None:

@@ -120,20 +120,20 @@ def _rejudge(config: SearchConfig, env: PruningEnv, target: float, pool: list[Ca
                                                       "episodes": len(pool)})
     with _timed(spent, "test"):
         test = env.evaluator.test(model).top1
-    policy.accuracy.update({"reward": reward if env.config.reward == "acc" else env.accuracy(counts)[0],
-                            "select": select.top1, "holdout": _holdout(env, counts, select), "test": test})
+    scored = env.accuracy(counts, part="reward")[0]  # the search's own (cached) accuracy on the reward part
+    policy.accuracy.update({"reward": scored, "select": select.top1, "holdout": _holdout(env, scored, select),
+                            "test": test})
     return policy
 
 
-def _holdout(env: PruningEnv, counts: list[int], select: Accuracy) -> float:
-    """The whole holdout's accuracy of the policy keeping ``counts``, from its ``select`` part's.
+def _holdout(env: PruningEnv, reward: float, select: Accuracy) -> float:
+    """The whole holdout's accuracy of a policy, from its ``reward`` part's and its ``select`` part's.
 
     The holdout is the reward part plus the select part, both measured on the same recalibration (the
     reward part by the search, cached): adding them up is exact and costs nothing.
     """
     n_select = select.samples
     n_reward = len(env.evaluator.splits.holdout) - n_select
-    reward = env.accuracy(counts, part="reward")[0]
     return (round(reward * n_reward) + round(select.top1 * n_select)) / (n_reward + n_select)
 
 
@@ -165,7 +165,7 @@ def uniform_reference(env: PruningEnv, uniform: Policy) -> tuple[float, float]:
     counts = uniform.counts(env.space.names)
     model = env.judged(counts)
     select = env.evaluator.holdout(model, part="select")
-    return _holdout(env, counts, select), env.evaluator.test(model).top1
+    return _holdout(env, env.accuracy(counts, part="reward")[0], select), env.evaluator.test(model).top1
 
 
 def _same_model(a: Policy, b: Policy) -> bool:
