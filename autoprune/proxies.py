@@ -138,7 +138,7 @@ class FinetuneProxy(Proxy):
         idx = pick[order.repeat(-(-self.steps * size // len(pick)))[: self.steps * size]]
         return make_loader(evaluator.dataset, "train", idx, batch_size=size, mean=evaluator.mean, std=evaluator.std,
                            device=evaluator.device, shuffle=True, augment=True, drop_last=True, seed=self.seed,
-                           channels_last=evaluator.device.type == "cuda", input_size=evaluator.input_size,
+                           channels_last=True, input_size=evaluator.input_size,
                            transforms=evaluator.transforms, workers=evaluator.workers)
 
     def judge(self, evaluator: Evaluator, space: PrunableSpace, kept: Kept, *,

@@ -107,7 +107,7 @@ def train_loader(context: Context, batch_size: int = 128, *, seed: int | None = 
     pick = evaluator.splits.train
     return make_loader(evaluator.dataset, "train", pick, batch_size=batch_size, mean=info.mean, std=info.std,
                        device=context.device, shuffle=True, augment=True, drop_last=len(pick) > batch_size,
-                       seed=context.seed if seed is None else seed, channels_last=context.device.type == "cuda",
+                       seed=context.seed if seed is None else seed, channels_last=True,
                        input_size=evaluator.input_size, transforms=evaluator.transforms, workers=evaluator.workers)
 
 

@@ -61,8 +61,9 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, 
 class Trainer:
     """Trains ``model`` on ``loader`` with ``recipe``; optionally distils from ``teacher``.
 
-    On CUDA the model (and teacher) run channels-last under float16 autocast
-    with a gradient scaler; on CPU in float32 without either.
+    The model (and teacher) run channels-last: on a CPU too, where a pruned CIFAR ResNet's training step is
+    faster so (scripts/bench_train.py). On CUDA they run under float16 autocast with a gradient scaler; on
+    CPU in float32 without either.
 
     Args:
         model: the network to train (moved to ``device``).
@@ -80,9 +81,8 @@ class Trainer:
                  regularizer: Callable[[nn.Module], torch.Tensor] | None = None) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
-        fmt = torch.channels_last if self.cuda else torch.contiguous_format
-        self.model = model.to(device, memory_format=fmt)
-        self.teacher = teacher.to(device, memory_format=fmt).eval() if teacher is not None else None
+        self.model = model.to(device, memory_format=torch.channels_last)
+        self.teacher = teacher.to(device, memory_format=torch.channels_last).eval() if teacher is not None else None
         if self.teacher is not None:
             self.teacher.requires_grad_(False)
         self.recipe, self.loader = recipe, loader

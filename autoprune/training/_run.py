@@ -177,7 +177,7 @@ def train(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fa
     recipe = config.recipe
     loader = make_loader(data, "train", splits.train, batch_size=recipe.batch_size, mean=info.mean, std=info.std,
                          device=device, shuffle=True, augment=True, drop_last=len(splits.train) > recipe.batch_size,
-                         seed=config.seed, channels_last=device.type == "cuda", input_size=size,
+                         seed=config.seed, channels_last=True, input_size=size,
                          transforms=transforms, workers=config.data_workers)
     trainer = Trainer(model, recipe, loader, device, teacher=teacher,
                       kd_temperature=config.kd.temperature if config.kd else 4.0,
