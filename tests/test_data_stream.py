@@ -114,7 +114,7 @@ def test_cached_images_larger_than_the_input_get_the_transforms(tmp_path: Path, 
 
 
 def _normalise(hwc: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(hwc)).permute(2, 0, 1).float() / 255
+    x = torch.from_numpy(np.array(hwc)).permute(2, 0, 1).float() / 255
     return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
 
 
