@@ -10,7 +10,8 @@ For each batch size (CPU, the ``--runtime`` runtime, ``--threads`` threads, chan
 2. ``autoprune search --target-latency L --agent cacp``: the latency-targeted pick;
 3. ``autoprune search --target-flops T1 T2 ... --agent cacp``: FLOPs-targeted picks at MACs fractions around
    the uniform policy's (``--flops-offsets``), one conditional run answering them all;
-4. every policy and the unpruned model timed end to end, interleaved (``LatencyModel.measure_all``); of the
+4. every policy's latency predicted by that table (the fraction of the base's the search's budget constrains) and
+   every policy and the unpruned model timed end to end, interleaved (``LatencyModel.measure_all``); of the
    FLOPs picks, the one whose measured latency is nearest the latency pick's is the row compared (the
    others are listed below the table);
 5. the compared policies fine-tuned alike (the ``cpu`` preset, ``--epochs`` epochs from the pretrained weights),
@@ -35,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import SHARED
@@ -48,8 +50,8 @@ from autoprune.training import make_config, train
 
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th",
                "resnet44": "resnet44-014dd654.th", "resnet56": "resnet56-4bfd9763.th"}
-HEADER = ["batch", "policy", "MACs kept", "params kept", "latency kept", "speed-up x", "holdout %", "test %",
-          "holdout % tuned", "test % tuned"]
+HEADER = ["batch", "policy", "MACs kept", "params kept", "latency predicted", "latency kept", "speed-up x", "holdout %",
+          "test %", "holdout % tuned", "test % tuned"]
 
 
 def _run(command: list[str], out: Path) -> Path:
@@ -114,10 +116,10 @@ def one_batch(args: argparse.Namespace, batch: int) -> list[tuple]:
     picks = {"latency-targeted pick": Policy.load(latency_dir / "policy.json"), "uniform-L1": uniform}
     flops = {t: Policy.load(flops_dir / f"policy-{t}.json") for t in flops_targets}
 
+    settings = LatencySettings(runtime=args.runtime, batch=batch, threads=args.threads)
+    latency = build_latency_model(space, settings)  # the table the prune and the search built (the cache)
     measured_path = root / "measured.json"
     if not measured_path.exists():
-        settings = LatencySettings(runtime=args.runtime, batch=batch, threads=args.threads)
-        latency = build_latency_model(space, settings)  # the table the prune and the search built (the cache)
         named = {**picks, **{f"flops {t}": p for t, p in flops.items()}}
         base, *times = latency.measure_all([space.channels] + [p.counts(space.names) for p in named.values()],
                                            progress=True)
@@ -137,7 +139,8 @@ def one_batch(args: argparse.Namespace, batch: int) -> list[tuple]:
         if not policy_path.exists():
             policy.save(policy_path)
         tuned = _finetune(args, policy_path, folder)
-        rows.append((batch, name, f"{policy.macs_fraction:.3f}", f"{policy.params_fraction:.3f}",
+        predicted = latency(np.asarray(policy.counts(space.names))) / latency.base
+        rows.append((batch, name, f"{policy.macs_fraction:.3f}", f"{policy.params_fraction:.3f}", f"{predicted:.3f}",
                      f"{times[name] / base:.3f}", f"{base / times[name]:.2f}", f"{100 * policy.accuracy['holdout']:.2f}",
                      f"{100 * policy.accuracy['test']:.2f}", f"{100 * tuned['holdout']:.2f}", f"{100 * tuned['test']:.2f}"))
     others = ", ".join(f"{t}: {measured[f'flops {t}'] / base:.3f}" for t in flops_targets)
