@@ -110,6 +110,8 @@ def one_batch(args: argparse.Namespace, batch: int) -> list[tuple]:
                      if low < t < 1]
     flops_dir = _run(["autoprune", "search", *_common(args), "--agent", "cacp", "--target-flops", *flops_targets,
                       *episodes, "--out", str(root / "search-flops"), "--overwrite"], root / "search-flops")
+    if args.searches_only:
+        return []
 
     result = json.loads((latency_dir / "result.json").read_text())
     uniform.accuracy = {k: result["uniform"][target][k] for k in ("holdout", "test")}  # judged by the search
@@ -163,6 +165,9 @@ def main() -> None:
     parser.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"], help="the latency's runtime")
     parser.add_argument("--round-to", type=int, help="every search and prune keeps multiples of N channels")
     parser.add_argument("--threads", type=int, default=1, help="threads the latency is measured with (default 1)")
+    parser.add_argument("--searches-only", action="store_true",
+                        help="stop after the prune and the searches: they may run beside other work, the timing "
+                             "that follows may not (run again without it, alone)")
     parser.add_argument("--data-dir", default=str(SHARED / "data" / "cifar10"))
     parser.add_argument("--checkpoint", help="default: the arch's pretrained checkpoint in ../shared")
     parser.add_argument("--results", default="bench-results/latency-search")
@@ -172,6 +177,10 @@ def main() -> None:
     Path(args.results).mkdir(parents=True, exist_ok=True)
     os.environ["AUTOPRUNE_CACHE"] = str(Path(args.results).resolve() / "cache")  # the tables, shared by every step
     rows = [row for batch in args.batches for row in one_batch(args, batch)]
+    if args.searches_only:
+        print(f"searches done in {args.results}; run the same command without --searches-only, alone, to time and "
+              "fine-tune")
+        return
     print(f"\n{args.arch}, latency budget {args.latency:g} of the unpruned model's (CPU, {args.runtime}, {args.threads} "
           f"thread(s)); accuracy BN-recalibrated, then after {args.epochs} fine-tune epoch(s) (cpu preset)")
     print(format_table(HEADER, rows))
