@@ -16,6 +16,16 @@ from PIL import Image
 
 from model_zoo import randomise_norms
 
+# README runs the suites with pytest-xdist (`-n auto`): its test processes share the cores, so each gets its share
+# of intra-op threads, as do the processes a test starts. Oversubscribed, OpenMP's waiting threads spin: on 2 cores,
+# `-n 2` ran the fast suite in 240 s with torch's 2 threads a process, in 118 s with OMP_NUM_THREADS=1 (193 s in
+# one process).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _THREADS = max(1, _CPUS // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+    torch.set_num_threads(_THREADS)
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PRETRAINED_DIR = SHARED / "pretrained" / "cifar10"
 CIFAR_DIR = SHARED / "data" / "cifar10"

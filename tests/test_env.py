@@ -98,6 +98,22 @@ def test_observations_are_in_range_and_deterministic_under_a_seed():
     assert np.allclose(a[:-1, 1], np.arange(env.n) / env.n)
 
 
+def test_a_policy_judged_with_batches_side_by_side_predicts_as_judged_serially():
+    """Batches recalibrated side by side on CPU threads (the default where torch has several threads) give the
+    serial BN statistics. Forced here: under README's ``-n auto`` each test process has one thread per core it
+    shares, so on a small machine the default is serial."""
+    _, space = zoo_space("resnet20")
+    outputs = []
+    for workers in (1, 2):
+        ev = Evaluator(synthetic(), make_splits(60, holdout=20), mean=(0.5,) * 3, std=(0.25,) * 3, batch_size=5,
+                       recal_batches=3, recal_batch_size=10, reward_samples=10, batch_workers=workers)
+        env = PruningEnv(space, ev, EnvConfig())
+        model = env.judged(space.counts(np.full(env.n, 0.5)))
+        with torch.no_grad():
+            outputs.append(model(next(iter(ev.holdout_loader))[0]))
+    assert torch.allclose(*outputs, atol=1e-5)
+
+
 def test_a_repeated_policy_is_not_evaluated_again():
     env = make_env()
     _, r1, i1 = play(env, seed=0, actions=[0.5] * env.n)
