@@ -42,7 +42,11 @@ Kendall's tau and Spearman's rho of the proxy against the fine-tuned holdout
 accuracy (the mean over seeds), with 95 % percentile intervals from 2,000
 bootstrap resamples of the policies; the regret of picking by the proxy (the
 fine-tuned holdout of the best policy minus that of the proxy's best); the
-proxy's seconds per policy. The claim table sets the agents' picks beside
+proxy's median seconds per policy. Each proxy against bn on the same policies:
+the difference of their taus with a paired bootstrap interval, of their regrets,
+and the ratio of their costs; then the default proxy they call for (:func:`decide`:
+a proxy whose tau gain interval lies above 0 in every cell and whose regret
+summed over the cells is lower; of several, the cheapest). The claim table sets the agents' picks beside
 uniform-l1 and global-l1 after the same fine-tune (holdout and test, mean over
 seeds), the differences with 95 % intervals from the seed-to-seed noise (normal
 approximation, the noise pooled over the policies fine-tuned twice). The plot
@@ -58,7 +62,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -419,16 +423,17 @@ def collect(results: Path, cell: Cell, setup: Setup) -> list[PolicyResult]:
     return rows
 
 
-def _bootstrap(x: np.ndarray, y: np.ndarray, stat: Callable[[np.ndarray, np.ndarray], float], reps: int = 2000,
+def _bootstrap(stat: Callable[..., float], *columns: np.ndarray, reps: int = 2000,
                seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of ``stat`` over resamples of the (x, y) pairs (degenerate resamples skipped)."""
+    """95 % percentile interval of ``stat(*columns)`` over resamples of the rows (policies) of ``columns``
+    (resamples where a column is constant are skipped: no ranking to compare)."""
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(reps):
-        i = rng.integers(0, len(x), len(x))
-        if np.ptp(x[i]) == 0 or np.ptp(y[i]) == 0:
+        i = rng.integers(0, len(columns[0]), len(columns[0]))
+        if any(np.ptp(c[i]) == 0 for c in columns):
             continue
-        v = stat(x[i], y[i])
+        v = stat(*(c[i] for c in columns))
         if np.isfinite(v):
             values.append(v)
     if not values:
@@ -436,8 +441,14 @@ def _bootstrap(x: np.ndarray, y: np.ndarray, stat: Callable[[np.ndarray, np.ndar
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
+def _regret(x: np.ndarray, y: np.ndarray) -> float:
+    """Fine-tuned accuracy of the best policy minus that of the proxy's pick."""
+    return float(y.max() - y[np.argmax(x)])
+
+
 def fidelity(rows: Sequence[PolicyResult], proxy: str) -> dict[str, Any] | None:
-    """Kendall, Spearman (with bootstrap intervals), regret and cost of ``proxy`` over ``rows``; None under 3 policies."""
+    """Kendall, Spearman (with bootstrap intervals), regret and cost of ``proxy`` over ``rows``; None under 3 policies.
+    The cost is the median seconds per policy: a measurement that waited (a paused or crowded run) is an outlier."""
     from scipy.stats import kendalltau, spearmanr
 
     pairs = [(r.proxies[proxy], float(np.mean(r.holdout)), r.proxy_seconds[proxy]) for r in rows
@@ -448,10 +459,51 @@ def fidelity(rows: Sequence[PolicyResult], proxy: str) -> dict[str, Any] | None:
     constant = np.ptp(x) == 0 or np.ptp(y) == 0  # no ranking to compare (e.g. every policy at chance)
     tau = float("nan") if constant else float(kendalltau(x, y).statistic)
     rho = float("nan") if constant else float(spearmanr(x, y).statistic)
-    regret = float(y.max() - y[np.argmax(x)])
-    return {"n": len(pairs), "tau": tau, "tau_ci": _bootstrap(x, y, lambda a, b: kendalltau(a, b).statistic),
-            "rho": rho, "rho_ci": _bootstrap(x, y, lambda a, b: spearmanr(a, b).statistic), "regret": regret,
-            "seconds": float(np.mean(sec))}
+    return {"n": len(pairs), "tau": tau, "tau_ci": _bootstrap(lambda a, b: kendalltau(a, b).statistic, x, y),
+            "rho": rho, "rho_ci": _bootstrap(lambda a, b: spearmanr(a, b).statistic, x, y), "regret": _regret(x, y),
+            "seconds": float(np.median(sec))}
+
+
+def versus(rows: Sequence[PolicyResult], proxy: str, base: str = "bn") -> dict[str, Any] | None:
+    """``proxy`` against ``base`` on the same fine-tuned policies: the difference of their Kendall taus with a 95 %
+    interval from a paired bootstrap (both taus on each resample), the difference of their regrets and the ratio of
+    their median seconds per policy; None under 3 policies.
+
+    Paired, because both taus rank the same policies: their own intervals share the spread of which policies were
+    drawn, so they overlap even where one proxy ranks better on nearly every resample.
+    """
+    from scipy.stats import kendalltau
+
+    keep = [r for r in rows if proxy in r.proxies and base in r.proxies and r.holdout]
+    if len(keep) < 3:
+        return None
+    x, b = (np.array([r.proxies[p] for r in keep]) for p in (proxy, base))
+    y = np.array([float(np.mean(r.holdout)) for r in keep])
+
+    def gain(x: np.ndarray, b: np.ndarray, y: np.ndarray) -> float:
+        return float(kendalltau(x, y).statistic - kendalltau(b, y).statistic)
+
+    cost = np.median([r.proxy_seconds[proxy] for r in keep]) / np.median([r.proxy_seconds[base] for r in keep])
+    return {"n": len(keep), "tau_gain": gain(x, b, y), "tau_gain_ci": _bootstrap(gain, x, b, y),
+            "regret_gain": _regret(b, y) - _regret(x, y), "cost": float(cost)}
+
+
+def decide(comparisons: dict[str, dict[str, dict[str, Any] | None]], complete: bool, base: str = "bn") -> str:
+    """The default proxy the results call for (issue 16's rule): another proxy replaces ``base`` only if it clearly
+    ranks better in every cell -- its paired tau gain's interval above 0 -- and loses less by its pick (a lower
+    regret summed over the cells); of several such, the cheapest. ``comparisons``: proxy -> cell -> :func:`versus`."""
+    status = "" if complete else "provisional (not every policy is fine-tuned yet): "
+    wins = {}
+    for proxy, cells in comparisons.items():
+        if cells and all(c is not None and c["tau_gain_ci"][0] > 0 for c in cells.values()) \
+                and sum(c["regret_gain"] for c in cells.values()) > 0:
+            wins[proxy] = float(np.mean([c["cost"] for c in cells.values()]))
+    if not wins:
+        return (f"Default proxy: {status}keep {base}: no proxy ranks the policies better in every cell with a paired "
+                f"tau interval above 0 and a lower total regret.")
+    best = min(wins, key=wins.get)
+    return (f"Default proxy: {status}{best}: it ranks the policies better than {base} in every cell (paired tau "
+            f"interval above 0) with a lower total regret, at {wins[best]:.1f}x {base}'s seconds per policy.")
 
 
 def seed_noise(rows: Sequence[PolicyResult], metric: str = "holdout") -> tuple[float | None, int]:
@@ -485,10 +537,19 @@ def report(setup: Setup, results: Path) -> str:
     """The fidelity and claim tables of whatever is stored; writes RESULTS/fidelity.md and the plot."""
     lines = [f"Fine-tune: cpu preset, {setup.epochs} epochs from the pretrained weights, SGD Nesterov 0.9, lr 0.01 "
              "cosine, batch 128, weight decay 1e-4, crop+flip; holdout = 5,000 held-out training images.", ""]
-    frows, crows, panels = [], [], {p: [] for p in setup.proxies}
+    frows, vrows, crows, panels = [], [], [], {p: [] for p in setup.proxies}
+    others = [p for p in setup.proxies if p != "bn"]
+    comparisons: dict[str, dict[str, dict[str, Any] | None]] = {p: {} for p in others}
+    complete = True
     for cell in setup.cells:
         rows = collect(results, cell, setup)
         tuned = sum(bool(r.holdout) for r in rows)
+        complete &= tuned == len(setup.policy_names())
+        for p in others if "bn" in setup.proxies else ():
+            v = comparisons[p][cell.name] = versus(rows, p)
+            if v is not None:
+                vrows.append((cell.name, p, f"{v['n']}", f"{v['tau_gain']:+.2f} [{v['tau_gain_ci'][0]:+.2f}, "
+                              f"{v['tau_gain_ci'][1]:+.2f}]", f"{100 * v['regret_gain']:+.2f}", f"{v['cost']:.1f}x"))
         sd, n_sd = seed_noise(rows)
         noise = f"{100 * sd:.2f}" if sd is not None else "-"
         for p in setup.proxies:
@@ -508,6 +569,12 @@ def report(setup: Setup, results: Path) -> str:
               "regret in points of fine-tuned holdout; seed noise = the fine-tune's seed-to-seed sd, points.", "",
               format_table(["cell", "proxy", "policies", "Kendall tau", "Spearman", "regret", "s/policy",
                             "seed noise"], frows), ""]
+    if vrows:
+        lines += ["Against bn, on the same policies: the tau gain (the proxy's Kendall tau minus bn's, 95 % paired "
+                  "bootstrap interval), the regret gain (bn's regret minus the proxy's, points) and the cost (the "
+                  "proxy's seconds per policy over bn's).", "",
+                  format_table(["cell", "proxy", "policies", "tau gain", "regret gain", "cost"], vrows), "",
+                  decide(comparisons, complete), ""]
     lines += ["Claim: the agents' picks against uniform-l1 and global-l1 after the same fine-tune (mean over the "
               "seeds in brackets; difference with a 95 % interval from the seed noise).", "",
               format_table(["cell", "split", "comparison", "pick %", "reference %", "difference, points"], crows)

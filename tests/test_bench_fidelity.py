@@ -119,3 +119,35 @@ def test_claim_intervals_come_from_the_pooled_seed_noise():
     diff, half = holdout[("cacp", "uniform-l1")]
     assert diff == pytest.approx(0.03) and half == pytest.approx(1.96 * sd * np.sqrt(1 / 2 + 1 / 2))
     assert holdout[("cacp", "global-l1")][1] == pytest.approx(1.96 * sd * np.sqrt(1 / 2 + 1))
+
+
+def _rows(bn_noise: float, proxy_noise: float, n: int = 16) -> list:
+    """Policies whose fine-tuned accuracy is ``y``; bn and the proxy see it through noise of their own."""
+    rng = np.random.default_rng(1)
+    y = rng.uniform(0.8, 0.9, n)
+    bn, good = y + rng.normal(0, bn_noise, n), y + rng.normal(0, proxy_noise, n)
+    return [bf.PolicyResult(f"p{i}", 0.5, {"bn": float(a), "good": float(g)}, {"bn": 1.0, "good": 3.0}, [float(t)],
+                            [float(t)]) for i, (a, g, t) in enumerate(zip(bn, good, y))]
+
+
+def test_versus_bn_is_the_paired_gain_and_decides_the_default_only_on_a_clear_win():
+    from scipy.stats import kendalltau
+
+    rows = _rows(bn_noise=0.05, proxy_noise=0.002)
+    v = bf.versus(rows, "good")
+    y = np.array([r.holdout[0] for r in rows])
+    x, b = (np.array([r.proxies[p] for r in rows]) for p in ("good", "bn"))
+    assert v["tau_gain"] == pytest.approx(kendalltau(x, y).statistic - kendalltau(b, y).statistic)
+    assert 0 < v["tau_gain_ci"][0] <= v["tau_gain"] <= v["tau_gain_ci"][1]
+    assert v["regret_gain"] == pytest.approx((y.max() - y[np.argmax(b)]) - (y.max() - y[np.argmax(x)]))
+    assert v["cost"] == pytest.approx(3.0) and bf.versus(rows[:2], "good") is None
+
+    clear = {"good": {"a": v, "b": v}}
+    assert bf.decide(clear, complete=True).startswith("Default proxy: good: it ranks the policies better than bn")
+    assert "provisional" in bf.decide(clear, complete=False)
+    assert "keep bn" in bf.decide({"good": {"a": v, "b": None}}, complete=True)  # a cell not measured: no verdict
+    same = bf.versus(_rows(bn_noise=0.01, proxy_noise=0.01), "good")  # no clear win: the interval spans 0
+    assert same["tau_gain_ci"][0] < 0 < same["tau_gain_ci"][1]
+    assert "keep bn" in bf.decide({"good": {"a": v, "b": same}}, complete=True)
+    no_regret = {**v, "regret_gain": 0.0}  # ranks better, but its pick is no better: not a clear win
+    assert "keep bn" in bf.decide({"good": {"a": no_regret}}, complete=True)
