@@ -345,7 +345,8 @@ def _base_macs(arch: str) -> int:
 
 
 def _eta(results: Path, steps: list[tuple[Cell, str, str]], setup: Setup) -> str:
-    """Seconds left: each missing measurement at the mean of its kind measured so far, scaled by the model's MACs."""
+    """Seconds left: each missing measurement at the median of its kind measured so far (a measurement that waited
+    or resumed is an outlier), scaled by the model's MACs."""
     macs = {arch: _base_macs(arch) for arch in {c.arch for c in setup.cells}}
     seen: dict[str, list[float]] = {}
     missing, stored = [], 0
@@ -357,7 +358,7 @@ def _eta(results: Path, steps: list[tuple[Cell, str, str]], setup: Setup) -> str
             missing.append((cell, key))
         elif record is not None and record.get("seconds") is not None:
             seen.setdefault(key, []).append(record["seconds"] / macs[cell.arch])
-    left = sum(float(np.mean(seen[key])) * macs[cell.arch] for cell, key in missing if key in seen)
+    left = sum(float(np.median(seen[key])) * macs[cell.arch] for cell, key in missing if key in seen)
     unknown = sum(key not in seen for _, key in missing)
     text = (f"{stored} of {len(steps)} measurements stored; about {left / 3600:.1f} h left, the agents' searches "
             "aside")
