@@ -46,11 +46,12 @@ proxy's median seconds per policy. Each proxy against bn on the same policies:
 the difference of their taus with a paired bootstrap interval, of their regrets,
 and the ratio of their costs; then the default proxy they call for (:func:`decide`:
 a proxy whose tau gain interval lies above 0 in every cell and whose regret
-summed over the cells is lower; of several, the cheapest). The claim table sets the agents' picks beside
-uniform-l1 and global-l1 after the same fine-tune (holdout and test, mean over
-seeds), the differences with 95 % intervals from the seed-to-seed noise (normal
-approximation, the noise pooled over the policies fine-tuned twice). The plot
-(``RESULTS/fidelity.png``) shows proxy against fine-tuned holdout, one panel per proxy.
+summed over the cells is lower; of several, the cheapest). The claim table sets
+the agents' picks beside uniform-l1 and global-l1 after the same fine-tune
+(holdout and test, mean over seeds), the differences with 95 % intervals from the
+seed-to-seed noise (normal approximation, the noise pooled over the policies
+fine-tuned twice). The plot (``RESULTS/fidelity.png``) shows proxy against
+fine-tuned holdout, one panel per proxy.
 """
 
 from __future__ import annotations
