@@ -565,8 +565,10 @@ def report(setup: Setup, results: Path) -> str:
             panels[p] += [(cell.name, r.name, r.proxies[p], float(np.mean(r.holdout))) for r in rows
                           if p in r.proxies and r.holdout]
         for metric, agent, ref, a, b, diff, half, na, nb in claim(rows, setup.agents):
+            interval = (f"[{100 * (diff - half):+.2f}, {100 * (diff + half):+.2f}]" if math.isfinite(half)
+                        else "(no seed noise measured yet)")
             crows.append((cell.name, metric, f"{agent} vs {ref}", f"{100 * a:.2f} ({na})", f"{100 * b:.2f} ({nb})",
-                          f"{100 * diff:+.2f} [{100 * (diff - half):+.2f}, {100 * (diff + half):+.2f}]"))
+                          f"{100 * diff:+.2f} {interval}"))
     lines += ["Fidelity: each proxy against the fine-tuned holdout accuracy (95 % bootstrap intervals over policies); "
               "regret in points of fine-tuned holdout; seed noise = the fine-tune's seed-to-seed sd, points.", "",
               format_table(["cell", "proxy", "policies", "Kendall tau", "Spearman", "regret", "s/policy",
