@@ -386,7 +386,7 @@ def _train_kwargs(args: argparse.Namespace) -> dict:
 
     recipe = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "weight_decay": args.weight_decay,
               "momentum": args.momentum, "nesterov": args.nesterov, "schedule": args.schedule,
-              "label_smoothing": args.label_smoothing}
+              "label_smoothing": args.label_smoothing, "precision": args.precision}
     given = {k: v for k, v in (("temperature", args.kd_temperature), ("weight", args.kd_weight)) if v is not None}
     if given and not (args.kd or args.kd_teacher):
         flags = " and ".join(f"--kd-{k}" for k in given)

@@ -5,13 +5,16 @@
 
 Figure 1 (always): training throughput (images/s) of autoprune's fine-tune
 loop (``Trainer.train_epoch``: the per-batch lr schedule, loss and accuracy
-sums on the device, the progress bar, channels-last, AMP on CUDA) against
+sums on the device, the progress bar, channels-last, the autocast of precision
+"auto": float16 on CUDA, bfloat16 on a CPU with native bfloat16) against
 a bare PyTorch loop (``zero_grad``, ``cross_entropy``, ``backward``, ``step``)
 on the same model (``--arch`` pruned uniformly to 50 % of its MACs), the same
 optimiser and the same augmented batches from the same on-device loader,
-in both memory layouts: the bare loop in the Trainer's layout (channels-last,
-and AMP on CUDA) differs from it only by the loop's own overhead (goal >= 95 %);
-the contiguous one shows what the layout buys. The loops take turns round by
+in both memory layouts: the bare loop in the Trainer's layout and precision
+differs from it only by the loop's own overhead (goal >= 95 %); the contiguous
+one shows what the layout buys, and the Trainer with ``precision="float32"``
+what the autocast buys (on a CPU without native bfloat16 the two Trainers are
+the same). The loops take turns round by
 round in one process (timings on shared machines swing) and their medians are
 compared. It also prints the time a full CIFAR-10 training epoch (45,000
 images) would take. The torch thread count is torch's default (set
@@ -36,7 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from autoprune._device import resolve_device
+from autoprune._device import autocast_dtype, resolve_device
 from autoprune._table import format_table
 from autoprune.data import DeviceLoader, load_dataset
 from autoprune.models import create, get_model_info
@@ -49,25 +52,24 @@ FULL_EPOCH = 45_000  # CIFAR-10 training images less the 5,000 of the holdout
 
 
 def bare_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DeviceLoader,
-               scaler: torch.amp.GradScaler, cuda: bool) -> float:
+               scaler: torch.amp.GradScaler, dtype: torch.dtype | None) -> float:
     """The textbook loop over one pass of ``loader``; seconds taken."""
     model.train()
     start = time.perf_counter()
     for x, y in loader:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+        with torch.autocast(loader.device.type, dtype=dtype, enabled=dtype is not None):
             loss = F.cross_entropy(model(x), y)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-    if cuda:
+    if loader.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
 def throughput(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
-    cuda = device.type == "cuda"
     torch.manual_seed(0)
     base = create(args.arch).eval()
     _, pruned = prune(base, args.arch, 0.5, method="uniform", criterion="l1")
@@ -81,18 +83,21 @@ def throughput(args: argparse.Namespace) -> None:
     n = args.batches * args.batch_size
     common = {"batch_size": args.batch_size, "mean": info.mean, "std": info.std, "device": device, "shuffle": True,
               "augment": True, "drop_last": True}
-    recipe = Recipe(epochs=args.rounds + 1, lr=0.01, batch_size=args.batch_size)
-    trainer = Trainer(copy.deepcopy(pruned), recipe, DeviceLoader(images[:n], labels[:n], channels_last=True,
-                                                                  **common), device)
     devnull = open(os.devnull, "w")  # noqa: SIM115 (the bars' cost is part of the loop; their text is not wanted)
-    loops = {"autoprune Trainer": lambda: trainer.train_epoch(progress=True, file=devnull).seconds}
+    loops = {}
+    for name, precision in (("autoprune Trainer", "auto"), ("autoprune Trainer, float32", "float32")):
+        recipe = Recipe(epochs=args.rounds + 1, lr=0.01, batch_size=args.batch_size, precision=precision)
+        trainer = Trainer(copy.deepcopy(pruned), recipe, DeviceLoader(images[:n], labels[:n], channels_last=True,
+                                                                      **common), device)
+        loops[name] = functools.partial(lambda t: t.train_epoch(progress=True, file=devnull).seconds, trainer)
+    dtype = autocast_dtype(device)
     for name, fmt in (("bare loop, channels-last", torch.channels_last), ("bare loop, contiguous",
                                                                           torch.contiguous_format)):
         model = copy.deepcopy(pruned).to(device, memory_format=fmt)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
         loader = DeviceLoader(images[:n], labels[:n], channels_last=fmt is torch.channels_last, **common)
-        loops[name] = functools.partial(bare_epoch, model, optimizer, loader, torch.amp.GradScaler("cuda", enabled=cuda),
-                                        cuda)
+        scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
+        loops[name] = functools.partial(bare_epoch, model, optimizer, loader, scaler, dtype)
     speed: dict[str, list[float]] = {name: [] for name in loops}
     for r in range(args.rounds + 1):  # round 0 warms every loop up and is not counted; the order rotates
         names = list(loops)[r % len(loops):] + list(loops)[:r % len(loops)]
@@ -105,11 +110,12 @@ def throughput(args: argparse.Namespace) -> None:
     same = median["bare loop, channels-last"]
     rows = [(name, f"{m:.0f}", f"{FULL_EPOCH / m:.1f}", f"{m / same:.3f}") for name, m in median.items()]
     print(f"{args.arch} at 50% MACs, batch {args.batch_size}, {args.batches} batches x {args.rounds} rounds, "
-          f"device {device}, torch threads {torch.get_num_threads()}, data: {source}")
+          f"device {device}, autocast {dtype}, torch threads {torch.get_num_threads()}, data: {source}")
     print(format_table(["loop", "images/s (median)", "s per 45k-image epoch", "vs bare channels-last"], rows))
     ratio = median["autoprune Trainer"] / same
     print(f"Trainer / bare loop in its layout {ratio:.3f} (goal >= 0.95): {'met' if ratio >= 0.95 else 'NOT met'}; "
-          f"channels-last / contiguous {same / median['bare loop, contiguous']:.2f}x")
+          f"channels-last / contiguous {same / median['bare loop, contiguous']:.2f}x; "
+          f"autocast / float32 {median['autoprune Trainer'] / median['autoprune Trainer, float32']:.2f}x")
 
 
 def finetune_policies(args: argparse.Namespace) -> None:

@@ -13,11 +13,15 @@ import yaml
 from _synthetic import CLASSES, make_colours
 
 from autoprune import load_model, load_pruned
+from autoprune._device import autocast_dtype
 from autoprune.cli import main
+from autoprune.data import DeviceLoader
 from autoprune.errors import AutopruneError, PolicyError
 from autoprune.evaluate import Evaluator
 from autoprune.training import (
     Distillation,
+    Recipe,
+    Trainer,
     kd_loss,
     load_recipe,
     make_config,
@@ -238,6 +242,31 @@ def test_a_kernel_sparse_policy_is_refused_with_what_to_do(quad, tmp_path, mode)
 def test_bad_input_gets_a_message(quad, capsys, argv, message):
     code, _, err = run(capsys, *[a.format(q=quad) for a in argv])
     assert code == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_autocasts_to_bfloat16_only_on_a_cpu_that_has_it(monkeypatch, native):
+    """bfloat16 on a CPU without it would be emulated, slower than float32: "auto" must not pick it there."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu) is (torch.bfloat16 if native else None)
+    assert autocast_dtype(cpu, "float32") is None and autocast_dtype(torch.device("cuda")) is torch.float16
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, CLASSES))
+    images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
+    loader = DeviceLoader(images, torch.arange(8) % CLASSES, batch_size=4, mean=(0.5,) * 3, std=(0.25,) * 3,
+                          device=cpu, shuffle=True)
+    seen = []
+    model[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    for precision, expected in (("auto", torch.bfloat16 if native else torch.float32), ("float32", torch.float32)):
+        seen.clear()
+        trainer = Trainer(model, Recipe(epochs=1, lr=0.01, batch_size=4, precision=precision), loader, cpu)
+        stats = trainer.train_epoch(progress=False)
+        assert set(seen) == {expected} and math.isfinite(stats.loss)
+        assert {p.dtype for p in model.parameters()} == {torch.float32}  # the weights stay float32
+    with pytest.raises(AutopruneError, match="Unknown precision 'float23'. Did you mean 'float32'"):
+        Recipe(epochs=1, lr=0.01, precision="float23")
 
 
 def test_recipe_lr_schedule_reaches_zero(quad, tmp_path):

@@ -1,4 +1,4 @@
-"""The training loop: SGD, a per-batch lr schedule, AMP on CUDA, optional distillation, exact resume.
+"""The training loop: SGD, a per-batch lr schedule, mixed precision, optional distillation, exact resume.
 
 Everything a resumed run needs to continue bit for bit is in
 :meth:`Trainer.state_dict`: the weights, the optimiser (momentum buffers), the
@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import _rng
+from .._device import autocast_dtype
 from ..data import DeviceLoader, StreamLoader
 from ._recipe import Recipe
 
@@ -62,8 +63,9 @@ class Trainer:
     """Trains ``model`` on ``loader`` with ``recipe``; optionally distils from ``teacher``.
 
     The model (and teacher) run channels-last: on a CPU too, where a pruned CIFAR ResNet's training step is
-    faster so (scripts/bench_train.py). On CUDA they run under float16 autocast with a gradient scaler; on
-    CPU in float32 without either.
+    faster so (scripts/bench_train.py). They run under the autocast of ``recipe.precision``
+    (:func:`~autoprune._device.autocast_dtype`): float16 with a gradient scaler on CUDA, bfloat16 on a CPU
+    with native bfloat16 (no scaler: bfloat16 has float32's range), float32 elsewhere.
 
     Args:
         model: the network to train (moved to ``device``).
@@ -97,11 +99,12 @@ class Trainer:
         else:
             milestones = [round(m * steps) for m in recipe.milestones]
             self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=recipe.gamma)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
+        self.amp_dtype = autocast_dtype(device, recipe.precision)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.epoch = 0  # epochs done
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.cuda else nullcontext()
+        return nullcontext() if self.amp_dtype is None else torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.teacher is None:
@@ -152,7 +155,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"]:  # empty when written on CPU, where the scaler is off
+        if state["scaler"]:  # empty when written where the scaler is off (not float16)
             self.scaler.load_state_dict(state["scaler"])
         _rng.restore(state["rng"])
         self.epoch = int(state["epoch"])

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from .._device import PRECISIONS
 from ..errors import AutopruneError, unknown_name
 
 __all__ = ["MODES", "PRESETS", "SCHEDULES", "Recipe", "load_recipe", "scratch_epochs"]
@@ -54,6 +55,9 @@ class Recipe:
         milestones: for "step", fractions of the training at which the lr drops.
         gamma: the drop factor of "step".
         label_smoothing: of the cross-entropy target, in [0, 1).
+        precision: "auto" (float16 autocast on CUDA, bfloat16 on a CPU with native bfloat16, else float32:
+            see :func:`~autoprune._device.autocast_dtype`) or "float32" (no autocast: how every CPU trained before
+            the option existed, and what reproduces the figures measured so).
     """
 
     epochs: int
@@ -66,6 +70,7 @@ class Recipe:
     milestones: tuple[float, ...] = (0.5, 0.75)
     gamma: float = 0.1
     label_smoothing: float = 0.0
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
@@ -82,6 +87,8 @@ class Recipe:
                "milestones must be increasing fractions in (0, 1)", milestones=list(self.milestones))
         _check(0 < self.gamma <= 1, "gamma must lie in (0, 1]", gamma=self.gamma)
         _check(0 <= self.label_smoothing < 1, "label_smoothing must lie in [0, 1)", label_smoothing=self.label_smoothing)
+        if self.precision not in PRECISIONS:
+            raise unknown_name("precision", self.precision, PRECISIONS)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
