@@ -1,6 +1,6 @@
 """Does the searched policy still win after fine-tuning? The fidelity of the reward proxies (issue 16).
 
-    python scripts/bench_fidelity.py --results /work/bench/fidelity [--cells resnet20-0.5 ...] [--report-only]
+    python scripts/bench_fidelity.py [--results results/fidelity] [--cells resnet20-0.5 ...] [--report-only]
 
 For each cell (model, MACs target) -- by default resnet20 at 0.5, then resnet32
 at 0.5, then resnet20 at 0.3 (the pretrained checkpoints of ../shared) -- it
@@ -24,13 +24,16 @@ finetune-100, distill-100: see ``autoprune.proxies``), i.e. the holdout accuracy
 with its seconds; then fine-tuned with the ``cpu`` training preset for ``--epochs``
 (default 3) from the pretrained weights: SGD with Nesterov momentum 0.9, lr 0.01
 annealed to 0 by a cosine stepped every batch, batch 128, weight decay 1e-4,
-random crop (4 px padding) and horizontal flip; judged on the holdout after the
+random crop (4 px padding) and horizontal flip, precision "auto" (bfloat16 autocast
+on a CPU with native bfloat16; each record says which); judged on the holdout after the
 last epoch and on the test split once (reported, never used to choose). The
 first ``--seeded`` policies (default the three handcrafted ones, the agents' picks
 and the first random one) are fine-tuned with every seed of ``--seeds`` (default
 0 1), which measures the fine-tune's own noise; the others with the first seed.
 
-Storage: ``RESULTS/<cell>/<policy>/policy.json`` and one JSON per measurement
+Storage (default ``results/fidelity``, whose measurements are committed: the README's fidelity
+figures come from them, and the hours of CPU they took carry over to any clone):
+``RESULTS/<cell>/<policy>/policy.json`` and one JSON per measurement
 (``proxy-<name>.json``, ``finetune-seed<s>.json``), each written atomically, so a
 kill loses at most the measurement in progress; a fine-tune keeps its run in
 ``RESULTS/<cell>/<policy>/runs/seed<s>`` and resumes from its last epoch. Searches
@@ -279,6 +282,7 @@ class CellWork:
 
         The run directory resumes from its last epoch after a kill.
         """
+        from autoprune._device import autocast_dtype, resolve_device
         from autoprune.errors import AutopruneError
         from autoprune.training import make_config, train
 
@@ -303,7 +307,9 @@ class CellWork:
             shutil.rmtree(out)
             result = train(config, out, progress=s.progress)
         m = result.metrics
+        dtype = autocast_dtype(resolve_device(s.device), config.recipe.precision)
         record = {"policy": policy_name, "seed": seed, "epochs": s.epochs, "recipe": config.recipe.to_dict(),
+                  "autocast": str(dtype).removeprefix("torch.") if dtype is not None else "float32",
                   "holdout": m["holdout_top1"], "test": m["test_top1"], "start_holdout": m.get("start_holdout_top1"),
                   "train_seconds": m.get("train_seconds"), "seconds": time.perf_counter() - start}
         write_json(path, record)
@@ -626,7 +632,8 @@ DEFAULT_CELLS = {
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", default="bench-results/fidelity", help="where results are stored and resumed")
+    parser.add_argument("--results", default=str(ROOT / "results" / "fidelity"),
+                        help="where results are stored and resumed (default: the repository's results/fidelity)")
     parser.add_argument("--data-dir", default=str(SHARED / "data/cifar10"))
     parser.add_argument("--cells", nargs="+", default=list(DEFAULT_CELLS), choices=list(DEFAULT_CELLS),
                         help="in this order (default: resnet20-0.5 resnet32-0.5 resnet20-0.3)")

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+from autoprune._device import autocast_dtype
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench_fidelity as bf  # noqa: E402
@@ -42,6 +45,8 @@ def test_an_interrupted_benchmark_resumes_to_the_same_results(tiny, tmp_path, mo
     whole = _stored(tmp_path / "whole")
     expected = {f"resnet20-0.5/{name}/{kind}.json" for _, name, kind in bf.plan(setup)}
     assert set(whole) == expected
+    autocast = {r["autocast"] for k, r in whole.items() if "finetune-seed" in k}
+    assert autocast == {"bfloat16" if autocast_dtype(torch.device("cpu")) else "float32"}  # the record says which
 
     from autoprune.proxies import FinetuneProxy
     from autoprune.training import Trainer
