@@ -30,7 +30,7 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     """The dtype training autocasts to on ``device``; None: float32 throughout.
 
     ``"auto"``: float16 on CUDA (with a gradient scaler); bfloat16 on a CPU with native bfloat16 arithmetic
-    (AVX512-BF16 or AMX), where a pruned CIFAR ResNet's training step runs about 1.7x faster so
+    (AVX512-BF16 or AMX), where a pruned CIFAR ResNet's training step runs about 1.5x faster so
     (scripts/bench_train.py); float32 on other CPUs, which would only emulate bfloat16. ``"float32"``: no
     autocast anywhere. Weights, optimiser state and BatchNorm statistics stay float32 either way.
     """

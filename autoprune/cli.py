@@ -152,7 +152,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", choices=["cosine", "step"], help="cosine to 0, or step (x0.1 at 50%% and 75%%)")
     g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
     g.add_argument("--precision", choices=["auto", "float32"],
-                   help="auto (default): float16 autocast on CUDA, bfloat16 on a CPU with native bfloat16 (about 1.7x "
+                   help="auto (default): float16 autocast on CUDA, bfloat16 on a CPU with native bfloat16 (about 1.5x "
                         "faster there), else float32; float32: no autocast")
     g = p.add_argument_group("knowledge distillation")
     g.add_argument("--kd", action="store_true", help="distil from a teacher (default: the unpruned model of the policy)")

@@ -2,6 +2,7 @@
 
     python scripts/bench_train.py [--arch resnet56] [--data-dir ../shared/data/cifar10] [--rounds 5] [--batches 8]
     python scripts/bench_train.py --policies a.json b.json [--epochs 2] [--checkpoint ...resnet56-4bfd9763.th]
+        [--precision auto|float32]
 
 Figure 1 (always): training throughput (images/s) of autoprune's fine-tune
 loop (``Trainer.train_epoch``: the per-batch lr schedule, loss and accuracy
@@ -126,7 +127,7 @@ def finetune_policies(args: argparse.Namespace) -> None:
         config = make_config("finetune", args.data_dir, policy=path, checkpoint=args.checkpoint, preset="cpu",
                              device=args.device, seed=args.seed,
                              recipe={"epochs": args.epochs, "lr": args.lr, "schedule": "cosine",
-                                     "batch_size": args.batch_size})
+                                     "batch_size": args.batch_size, "precision": args.precision})
         start = time.perf_counter()
         result = train(config, Path(args.out) / name, overwrite=True)
         m = result.metrics
@@ -134,7 +135,8 @@ def finetune_policies(args: argparse.Namespace) -> None:
         rows.append((str(path), policy.provenance.get("agent", "?"), f"{100 * policy.macs_fraction:.1f}",
                      f"{100 * before:.2f}" if before is not None else "-", f"{100 * m['holdout_top1']:.2f}",
                      f"{100 * m['test_top1']:.2f}", f"{(time.perf_counter() - start) / 60:.1f}"))
-    print(f"fine-tuned {args.epochs} epochs, lr {args.lr} cosine, batch {args.batch_size}, seed {args.seed}; "
+    print(f"fine-tuned {args.epochs} epochs, lr {args.lr} cosine, batch {args.batch_size}, seed {args.seed}, "
+          f"precision {args.precision} (autocast {autocast_dtype(resolve_device(args.device), args.precision)}); "
           f"runs in {args.out}")
     print(format_table(["policy", "agent", "MACs kept %", "holdout before %", "holdout after %", "test %", "minutes"],
                        rows))
@@ -154,6 +156,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=["auto", "float32"], default="auto",
+                        help="of the fine-tunes (figure 2): see `autoprune finetune --precision`")
     parser.add_argument("--out", default="runs/bench-train", help="run directories of figure 2")
     args = parser.parse_args()
     if args.policies:
