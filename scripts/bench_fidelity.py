@@ -408,6 +408,7 @@ class PolicyResult:
     proxy_seconds: dict[str, float] = field(default_factory=dict)
     holdout: list[float] = field(default_factory=list)  # fine-tuned, one per seed
     test: list[float] = field(default_factory=list)
+    autocast: set[str] = field(default_factory=set)  # of the fine-tunes (records before the option: float32)
 
 
 def collect(results: Path, cell: Cell, setup: Setup) -> list[PolicyResult]:
@@ -427,6 +428,7 @@ def collect(results: Path, cell: Cell, setup: Setup) -> list[PolicyResult]:
             if rec is not None:
                 r.holdout.append(rec["holdout"])
                 r.test.append(rec["test"])
+                r.autocast.add(rec.get("autocast", "float32"))
         rows.append(r)
     return rows
 
@@ -544,13 +546,16 @@ def claim(rows: Sequence[PolicyResult], agents: Sequence[str]) -> list[tuple]:
 def report(setup: Setup, results: Path) -> str:
     """The fidelity and claim tables of whatever is stored; writes RESULTS/fidelity.md and the plot."""
     lines = [f"Fine-tune: cpu preset, {setup.epochs} epochs from the pretrained weights, SGD Nesterov 0.9, lr 0.01 "
-             "cosine, batch 128, weight decay 1e-4, crop+flip; holdout = 5,000 held-out training images.", ""]
+             "cosine, batch 128, weight decay 1e-4, crop+flip, autocast {}; holdout = 5,000 held-out training images.",
+             ""]
+    autocast: set[str] = set()
     frows, vrows, crows, panels = [], [], [], {p: [] for p in setup.proxies}
     others = [p for p in setup.proxies if p != "bn"]
     comparisons: dict[str, dict[str, dict[str, Any] | None]] = {p: {} for p in others}
     complete = True
     for cell in setup.cells:
         rows = collect(results, cell, setup)
+        autocast.update(*(r.autocast for r in rows))
         tuned = sum(bool(r.holdout) for r in rows)
         complete &= tuned == len(setup.policy_names())
         for p in others if "bn" in setup.proxies else ():
@@ -589,6 +594,7 @@ def report(setup: Setup, results: Path) -> str:
               "seeds in brackets; difference with a 95 % interval from the seed noise).", "",
               format_table(["cell", "split", "comparison", "pick %", "reference %", "difference, points"], crows)
               if crows else "(no pair fine-tuned yet)"]
+    lines[0] = lines[0].format(" and ".join(sorted(autocast)) or "-")
     text = "\n".join(lines)
     (results / "fidelity.md").write_text(text + "\n")
     _plot(panels, results / "fidelity.png", setup)
