@@ -269,6 +269,19 @@ def test_precision_auto_autocasts_to_bfloat16_only_on_a_cpu_that_has_it(monkeypa
         Recipe(epochs=1, lr=0.01, precision="float23")
 
 
+def test_a_run_written_before_the_precision_option_resumes_in_float32_on_a_cpu(quad, tmp_path):
+    def interrupt(end):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config(quad, epochs=2), tmp_path / "run", progress=False, on_epoch_end=interrupt)
+    assert resume_config(tmp_path / "run").recipe.precision == "auto"
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    del saved["recipe"]["precision"]  # as an older autoprune wrote it
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert resume_config(tmp_path / "run").recipe.precision == "float32"
+
+
 def test_recipe_lr_schedule_reaches_zero(quad, tmp_path):
     result = train(config(quad, epochs=2, lr=0.04), tmp_path / "run", progress=False)
     lrs = [float(r["lr"]) for r in rows(tmp_path / "run")[1:]]

@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from .._io import reading
 from .._run_dir import RunDir
 from ..policy import Policy
@@ -18,10 +20,20 @@ METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "holdout_top1", "hol
 
 
 def resume_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
-    """The configuration of the training run in ``run_dir``."""
+    """The configuration of the training run in ``run_dir``.
+
+    A run written before ``Recipe.precision`` existed trained in float32 on a CPU (float16 autocast on CUDA,
+    which "auto" still is): it resumes so, not under the bfloat16 autocast "auto" now means on some CPUs.
+    """
     run = TrainingRunDir.open(run_dir, writing=False)
     with reading(run.path / "config.yaml", "Training configuration", hint="Restore it from a copy of the run."):
-        return TrainConfig.from_dict(run.read_config())
+        data = run.read_config()
+        recipe = data.get("recipe")
+        if isinstance(recipe, dict) and "precision" not in recipe:
+            device = str(data.get("device") or "auto")
+            cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+            recipe["precision"] = "auto" if cuda else "float32"
+        return TrainConfig.from_dict(data)
 
 
 def kind_of(config: TrainConfig) -> str:
