@@ -21,8 +21,9 @@ agent (RL, Optuna, handcrafted) and the final pick judge alike:
 ``finetune-K``
     ``K`` SGD steps of the pruned model on augmented training batches (batch 64,
     lr 0.01 cosine to 0 over the ``K`` steps, Nesterov momentum 0.9, weight
-    decay 1e-4: the fine-tune recipe of the ``cpu`` training preset, shortened),
-    then BN recalibration. ``K`` is written into the name, e.g. ``finetune-200``.
+    decay 1e-4: the fine-tune recipe of the ``cpu`` training preset, shortened, in its
+    precision "auto": bfloat16 autocast on a CPU with native bfloat16), then BN
+    recalibration. ``K`` is written into the name, e.g. ``finetune-200``.
 ``distill-K``
     The same steps, the loss distilled from the unpruned model (Hinton et al.;
     temperature 4, weight 0.9, the defaults of ``autoprune finetune --kd``).
