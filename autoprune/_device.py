@@ -40,6 +40,13 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
         return None
     if device.type == "cuda":
         return torch.float16
-    if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+    if device.type == "cpu" and _native_bfloat16():
         return torch.bfloat16
     return None
+
+
+def _native_bfloat16() -> bool:
+    """Whether this CPU has AVX512-BF16 or AMX: torch's own checks, which are private, so a torch without them
+    counts as no (float32, the safe side)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
