@@ -1,4 +1,4 @@
-"""Plain-text tables for the terminal."""
+"""Tables: plain text for the terminal, Markdown for the files a README quotes."""
 
 from __future__ import annotations
 
@@ -15,6 +15,12 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
         return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, widths, numeric)).rstrip()
 
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
 
 def _is_number(text: str) -> bool:

@@ -77,7 +77,7 @@ SHARED = ROOT.parent / "shared"
 
 sys.path.insert(0, str(ROOT))
 from autoprune._io import write_json  # noqa: E402
-from autoprune._table import format_table  # noqa: E402
+from autoprune._table import format_table, markdown_table  # noqa: E402
 
 HANDCRAFTED = {"uniform-l1": ("uniform", "l1"), "global-l1": ("global", "l1"), "global-bn-gamma": ("global", "bn-gamma")}
 KIND_ORDER = ("uniform-l1", "global-l1", "global-bn-gamma")
@@ -544,10 +544,10 @@ def claim(rows: Sequence[PolicyResult], agents: Sequence[str]) -> list[tuple]:
 
 
 def report(setup: Setup, results: Path) -> str:
-    """The fidelity and claim tables of whatever is stored; writes RESULTS/fidelity.md and the plot."""
-    lines = [f"Fine-tune: cpu preset, {setup.epochs} epochs from the pretrained weights, SGD Nesterov 0.9, lr 0.01 "
-             "cosine, batch 128, weight decay 1e-4, crop+flip, autocast {}; holdout = 5,000 held-out training images.",
-             ""]
+    """The fidelity and claim tables of whatever is stored; writes them to RESULTS/fidelity.md in Markdown, and the plot."""
+    lines: list[Any] = [  # text, or a table as (headers, rows): rendered for the terminal and as Markdown
+        f"Fine-tune: cpu preset, {setup.epochs} epochs from the pretrained weights, SGD Nesterov 0.9, lr 0.01 cosine, "
+        "batch 128, weight decay 1e-4, crop+flip, autocast {}; holdout = 5,000 held-out training images.", ""]
     autocast: set[str] = set()
     frows, vrows, crows, panels = [], [], [], {p: [] for p in setup.proxies}
     others = [p for p in setup.proxies if p != "bn"]
@@ -582,23 +582,25 @@ def report(setup: Setup, results: Path) -> str:
                           f"{100 * diff:+.2f} {interval}"))
     lines += ["Fidelity: each proxy against the fine-tuned holdout accuracy (95 % bootstrap intervals over policies); "
               "regret in points of fine-tuned holdout; seed noise = the fine-tune's seed-to-seed sd, points.", "",
-              format_table(["cell", "proxy", "policies", "Kendall tau", "Spearman", "regret", "s/policy",
-                            "seed noise"], frows), ""]
+              (["cell", "proxy", "policies", "Kendall tau", "Spearman", "regret", "s/policy", "seed noise"], frows),
+              ""]
     if vrows:
         lines += ["Against bn, on the same policies: the tau gain (the proxy's Kendall tau minus bn's, 95 % paired "
                   "bootstrap interval), the regret gain (bn's regret minus the proxy's, points) and the cost (the "
                   "proxy's seconds per policy over bn's).", "",
-                  format_table(["cell", "proxy", "policies", "tau gain", "regret gain", "cost"], vrows), "",
+                  (["cell", "proxy", "policies", "tau gain", "regret gain", "cost"], vrows), "",
                   decide(comparisons, complete), ""]
     lines += ["Claim: the agents' picks against uniform-l1 and global-l1 after the same fine-tune (mean over the "
               "seeds in brackets; difference with a 95 % interval from the seed noise).", "",
-              format_table(["cell", "split", "comparison", "pick %", "reference %", "difference, points"], crows)
+              (["cell", "split", "comparison", "pick %", "reference %", "difference, points"], crows)
               if crows else "(no pair fine-tuned yet)"]
     lines[0] = lines[0].format(" and ".join(sorted(autocast)) or "-")
-    text = "\n".join(lines)
-    (results / "fidelity.md").write_text(text + "\n")
+    def render(table: Callable[[Sequence[str], Sequence[Sequence[object]]], str]) -> str:
+        return "\n".join(line if isinstance(line, str) else table(*line) for line in lines)
+
+    (results / "fidelity.md").write_text(render(markdown_table) + "\n")  # the tables as the README quotes them
     _plot(panels, results / "fidelity.png", setup)
-    return text
+    return render(format_table)
 
 
 def _plot(panels: dict[str, list[tuple[str, str, float, float]]], path: Path, setup: Setup) -> None:

@@ -97,6 +97,7 @@ def test_an_interrupted_benchmark_resumes_to_the_same_results(tiny, tmp_path, mo
     text = bf.report(setup, parted)
     assert "finetune-2" in text and (parted / "fidelity.png").is_file()
     assert f"autocast {autocast.pop()};" in text  # the recipe line says the precision the fine-tunes ran in
+    assert "| cell | proxy | policies | Kendall tau |" in (parted / "fidelity.md").read_text()  # Markdown, to quote
 
 
 def test_fidelity_statistics_are_scipys_and_regret_is_the_best_minus_the_pick():

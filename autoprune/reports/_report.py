@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._io import write_bytes
-from .._table import format_table
+from .._table import format_table, markdown_table
 from ..errors import AutopruneError
 from ._plots import curves_figure, ratios_figure, tradeoff_figure
 from ._run import EPISODES, EVALUATIONS, Row, RunView, read_run
@@ -30,11 +30,6 @@ def table_rows(rows: Sequence[Row]) -> list[tuple[str, ...]]:
     return [(r.label, "-" if r.target is None else f"{r.target:g}", f"{r.macs:.3f}", f"{r.params:.3f}",
              _pct(r.holdout), _pct(r.test), _pct(r.uniform_holdout), _pct(r.uniform_test), _pct(r.finetuned_holdout),
              _pct(r.finetuned_test)) for r in rows]
-
-
-def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def _html(title: str, notes: Sequence[str], headers: Sequence[str], rows: Sequence[Sequence[str]],
@@ -95,7 +90,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     rows = table_rows(view.rows)
     notes = _notes(view)
     title = f"autoprune report: {out.name}"
-    md = [f"# {title}", "", *[f"{n}  " for n in notes], "", _markdown_table(HEADERS, rows) if rows else
+    md = [f"# {title}", "", *[f"{n}  " for n in notes], "", markdown_table(HEADERS, rows) if rows else
           "(no final policy yet)", ""] + [f"![{p.stem}]({p.name})\n" for p in images]
     text = "\n".join(md)
     write_bytes(out / "report.md", lambda f: f.write(text.encode()))
@@ -123,6 +118,6 @@ def compare(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[s
     table = format_table(["run", *HEADERS, ""], rows)
     note = "" if len(archs) == 1 else f"\n(note: several architectures: {', '.join(sorted(archs))})"
     text = table + note
-    write_bytes(out / "compare.md", lambda f: f.write((_markdown_table(["run", *HEADERS, ""], rows) + note
+    write_bytes(out / "compare.md", lambda f: f.write((markdown_table(["run", *HEADERS, ""], rows) + note
                                                         + f"\n\n![compare]({png.name})\n").encode()))
     return text, png
