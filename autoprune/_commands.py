@@ -395,7 +395,8 @@ def _train_kwargs(args: argparse.Namespace) -> dict:
                              f"{them}.")
     kd = Distillation(args.kd_teacher, **given) if args.kd or args.kd_teacher else None
     return {"checkpoint": args.checkpoint, "recipe": recipe, "kd": kd, "dataset": args.dataset, "model": _given_spec(args),
-            "holdout": args.holdout, "seed": args.seed, "eval_batch_size": args.eval_batch_size, **_data_options(args)}
+            "holdout": args.holdout, "seed": args.seed, "split_seed": args.split_seed,
+            "eval_batch_size": args.eval_batch_size, **_data_options(args)}
 
 
 def _default_out(name: str) -> Path:

@@ -161,6 +161,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kd-temperature", type=float, help="softmax temperature (default 4; needs --kd)")
     g.add_argument("--kd-weight", type=float, help="weight of the soft term; CE gets 1 - it (default 0.9; needs --kd)")
     p.add_argument("--seed", type=int, default=0, help="initialisation, data order and holdout split (default 0)")
+    p.add_argument("--split-seed", type=int, help="the holdout split's own seed (default: --seed); fix it to compare "
+                                                  "seeds on the same held-out images")
     p.add_argument("--eval-batch-size", type=int, default=500, help="holdout/test batch size (default 500)")
     p.add_argument("--out", help="run directory, new or empty (default runs/<arch>-<command>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (its saved config and --no-progress; "

@@ -30,6 +30,9 @@ last epoch and on the test split once (reported, never used to choose). The
 first ``--seeded`` policies (default the three handcrafted ones, the agents' picks
 and the first random one) are fine-tuned with every seed of ``--seeds`` (default
 0 1), which measures the fine-tune's own noise; the others with the first seed.
+Every fine-tune holds out the same images (``split_seed`` 0, those the proxies are
+judged on): a seed varies only the data order, crops and flips (a fine-tune starts
+from the pretrained weights, so nothing is initialised at random).
 
 Storage (default ``results/fidelity``, whose measurements are committed: the README's fidelity
 figures come from them, and the hours of CPU they took carry over to any clone):
@@ -293,7 +296,7 @@ class CellWork:
         s = self.setup
         out = self.dir / policy_name / "runs" / f"seed{seed}"
         config = make_config("finetune", s.data_dir, policy=str(self.policy_path(policy_name)),
-                             checkpoint=self.cell.checkpoint, preset="cpu", device=s.device, seed=seed,
+                             checkpoint=self.cell.checkpoint, preset="cpu", device=s.device, seed=seed, split_seed=0,
                              holdout=s.holdout, eval_batch_size=s.eval_batch_size,
                              recipe={"epochs": s.epochs, "batch_size": s.batch_size})
         start = time.perf_counter()
@@ -310,6 +313,7 @@ class CellWork:
         dtype = autocast_dtype(resolve_device(s.device), config.recipe.precision)
         record = {"policy": policy_name, "seed": seed, "epochs": s.epochs, "recipe": config.recipe.to_dict(),
                   "autocast": str(dtype).removeprefix("torch.") if dtype is not None else "float32",
+                  "split_seed": config.split_seed,
                   "holdout": m["holdout_top1"], "test": m["test_top1"], "start_holdout": m.get("start_holdout_top1"),
                   "train_seconds": m.get("train_seconds"), "seconds": time.perf_counter() - start}
         write_json(path, record)

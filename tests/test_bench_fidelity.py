@@ -47,6 +47,7 @@ def test_an_interrupted_benchmark_resumes_to_the_same_results(tiny, tmp_path, mo
     assert set(whole) == expected
     autocast = {r["autocast"] for k, r in whole.items() if "finetune-seed" in k}
     assert autocast == {"bfloat16" if autocast_dtype(torch.device("cpu")) else "float32"}  # the record says which
+    assert {r["split_seed"] for k, r in whole.items() if "finetune-seed" in k} == {0}  # seeds share one holdout
 
     from autoprune.proxies import FinetuneProxy
     from autoprune.training import Trainer

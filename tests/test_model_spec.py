@@ -232,10 +232,11 @@ def test_cli_prune_eval_finetune_load_pruned_on_a_user_factory(user, tiny, capsy
     assert code == 0 and "test top-1" in out, err
     code, out, err = run(capsys, "finetune", "--policy", tmp_path / "p" / "policy.json", "--checkpoint",
                          user / "net.pt", *model, "--preset", "cpu", "--epochs", 1, "--batch-size", 16,
-                         "--precision", "float32", "--eval-batch-size", 50, "--no-progress", "--out", tmp_path / "ft",
-                         *data)
+                         "--precision", "float32", "--split-seed", 3, "--eval-batch-size", 50, "--no-progress", "--out",
+                         tmp_path / "ft", *data)
     assert code == 0, err
-    assert yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())["recipe"]["precision"] == "float32"
+    saved = yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())
+    assert saved["recipe"]["precision"] == "float32" and saved["split_seed"] == 3
     tuned, tuned_policy = load_pruned(tmp_path / "ft" / "model.pt", model=ModelSpec(f"{user / 'models.py'}:net"))
     assert tuned_policy.model_spec.source.endswith("models.py:net")
     assert tuned(torch.zeros(1, 3, 32, 32)).shape == (1, 10)

@@ -282,6 +282,23 @@ def test_a_run_written_before_the_precision_option_resumes_in_float32_on_a_cpu(q
     assert resume_config(tmp_path / "run").recipe.precision == "float32"
 
 
+def test_split_seed_fixes_the_holdout_while_seed_varies_the_training(quad, tmp_path, monkeypatch):
+    from autoprune.data import make_splits
+    from autoprune.training import _run
+
+    drawn = []
+    monkeypatch.setattr(_run, "make_splits", lambda n, holdout, seed: drawn.append(seed) or make_splits(n, holdout=holdout,
+                                                                                                         seed=seed))
+    runs = {}
+    for name, seed, split_seed in (("a", 0, None), ("b", 1, 0), ("c", 1, None)):
+        c = config(quad, epochs=1)
+        c.seed, c.split_seed = seed, split_seed
+        runs[name] = train(c, tmp_path / name, progress=False).metrics
+    assert drawn == [0, 0, 1]  # the holdout split: seed 0, then split_seed 0 although seed is 1, then seed 1
+    assert runs["a"]["start_holdout_top1"] == runs["b"]["start_holdout_top1"]  # the same images judged alike
+    assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["split_seed"] == 0  # --resume keeps it
+
+
 def test_recipe_lr_schedule_reaches_zero(quad, tmp_path):
     result = train(config(quad, epochs=2, lr=0.04), tmp_path / "run", progress=False)
     lrs = [float(r["lr"]) for r in rows(tmp_path / "run")[1:]]

@@ -58,6 +58,9 @@ class TrainConfig:
         kd: distillation settings, or None.
         dataset, holdout, seed, device: as for the evaluator; ``seed`` also fixes the
             initialisation and every epoch's data order.
+        split_seed: the seed of the holdout split alone (None: ``seed``). Fixed while ``seed`` varies, runs
+            differ only in their training randomness and are judged on the same held-out images: what
+            measures a fine-tune's own seed-to-seed noise.
         eval_batch_size: batch size of the holdout and test evaluations.
         cache_limit, skip_bad_images, data_workers, resize: how the data is loaded (``autoprune data``).
         model: the model spec as a mapping (None: the zoo model ``arch``); ``--resume`` rebuilds it, for a
@@ -77,6 +80,7 @@ class TrainConfig:
     dataset: str = "cifar10"
     holdout: int = 5000
     seed: int = 0
+    split_seed: int | None = None
     device: str = "auto"
     eval_batch_size: int = 500
     cache_limit: str | None = None  # data: see autoprune.data.load_dataset; None: a quarter of the memory

@@ -168,7 +168,8 @@ def train(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fa
             stale.unlink()
         if state is None and run.last.is_file():
             state = load_torch(run.last, "Training checkpoint", hint=_RESTART)
-    splits = make_splits(len(data.train_labels), holdout=config.holdout, seed=config.seed)
+    splits = make_splits(len(data.train_labels), holdout=config.holdout,
+                         seed=config.seed if config.split_seed is None else config.split_seed)
     info = config.model_spec.defaults()  # its normalisation
     size = info.input_size[-1]
     transforms = Transforms.for_input(size, data.image_size, resize=config.resize) if config.resize else None
