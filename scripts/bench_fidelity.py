@@ -55,8 +55,8 @@ a proxy whose tau gain interval lies above 0 in every cell and whose regret
 summed over the cells is lower; of several, the cheapest). The claim table sets
 the agents' picks beside uniform-l1 and global-l1 after the same fine-tune
 (holdout and test, mean over seeds), the differences with 95 % intervals from the
-seed-to-seed noise (normal approximation, the noise pooled over the policies
-fine-tuned twice). The plot (``RESULTS/fidelity.png``) shows proxy against
+seed-to-seed noise (Student's t, the noise pooled over the policies fine-tuned
+twice: 6 degrees of freedom with the defaults). The plot (``RESULTS/fidelity.png``) shows proxy against
 fine-tuned holdout, one panel per proxy.
 """
 
@@ -521,28 +521,31 @@ def decide(comparisons: dict[str, dict[str, dict[str, Any] | None]], complete: b
 
 
 def seed_noise(rows: Sequence[PolicyResult], metric: str = "holdout") -> tuple[float | None, int]:
-    """The fine-tune's seed-to-seed standard deviation (pooled over policies fine-tuned with 2+ seeds) and their count."""
+    """The fine-tune's seed-to-seed standard deviation, pooled over the policies fine-tuned with 2+ seeds, and its
+    degrees of freedom (one per policy fine-tuned twice): few, so the claim's intervals use Student's t."""
     groups = [np.array(getattr(r, metric)) for r in rows if len(getattr(r, metric)) >= 2]
     if not groups:
         return None, 0
     dof = sum(len(g) - 1 for g in groups)
-    return float(math.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof)), len(groups)
+    return float(math.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof)), dof
 
 
 def claim(rows: Sequence[PolicyResult], agents: Sequence[str]) -> list[tuple]:
     """Each agent's pick against uniform-l1 and global-l1 after the same fine-tune: means and differences with
-    95 % intervals (normal, from the pooled seed noise and each side's number of seeds)."""
+    95 % intervals (Student's t on the pooled seed noise's degrees of freedom, scaled by each side's number of
+    seeds)."""
+    from scipy.stats import t
     by = {r.name: r for r in rows if r.holdout}
     out = []
     for metric in ("holdout", "test"):
-        sd, _ = seed_noise(rows, metric)
+        sd, dof = seed_noise(rows, metric)
         for agent in agents:
             for ref in ("uniform-l1", "global-l1"):
                 if agent not in by or ref not in by:
                     continue
                 a, b = getattr(by[agent], metric), getattr(by[ref], metric)
                 diff = float(np.mean(a) - np.mean(b))
-                half = 1.96 * sd * math.sqrt(1 / len(a) + 1 / len(b)) if sd is not None else float("nan")
+                half = t.ppf(0.975, dof) * sd * math.sqrt(1 / len(a) + 1 / len(b)) if sd is not None else float("nan")
                 out.append((metric, agent, ref, float(np.mean(a)), float(np.mean(b)), diff, half, len(a), len(b)))
     return out
 
@@ -567,7 +570,7 @@ def report(setup: Setup, results: Path) -> str:
             if v is not None:
                 vrows.append((cell.name, p, f"{v['n']}", f"{v['tau_gain']:+.2f} [{v['tau_gain_ci'][0]:+.2f}, "
                               f"{v['tau_gain_ci'][1]:+.2f}]", f"{100 * v['regret_gain']:+.2f}", f"{v['cost']:.1f}x"))
-        sd, n_sd = seed_noise(rows)
+        sd, _ = seed_noise(rows)
         noise = f"{100 * sd:.2f}" if sd is not None else "-"
         for p in setup.proxies:
             f = fidelity(rows, p)

@@ -121,12 +121,13 @@ def test_claim_intervals_come_from_the_pooled_seed_noise():
     rows = [bf.PolicyResult("cacp", 0.5, holdout=[0.90, 0.92], test=[0.91, 0.93]),
             bf.PolicyResult("uniform-l1", 0.5, holdout=[0.88, 0.88], test=[0.89, 0.89]),
             bf.PolicyResult("global-l1", 0.5, holdout=[0.87], test=[0.88])]
-    sd, n = bf.seed_noise(rows)
-    assert n == 2 and sd == pytest.approx(np.sqrt((0.01 ** 2 * 2) / 2))
+    sd, dof = bf.seed_noise(rows)
+    assert dof == 2 and sd == pytest.approx(np.sqrt((0.01 ** 2 * 2) / 2))
     holdout = {(a, r): (d, h) for m, a, r, _, _, d, h, *_ in bf.claim(rows, ["cacp"]) if m == "holdout"}
     diff, half = holdout[("cacp", "uniform-l1")]
-    assert diff == pytest.approx(0.03) and half == pytest.approx(1.96 * sd * np.sqrt(1 / 2 + 1 / 2))
-    assert holdout[("cacp", "global-l1")][1] == pytest.approx(1.96 * sd * np.sqrt(1 / 2 + 1))
+    t2 = 4.302653  # Student's t, 97.5 % quantile, 2 degrees of freedom: two policies fine-tuned twice
+    assert diff == pytest.approx(0.03) and half == pytest.approx(t2 * sd * np.sqrt(1 / 2 + 1 / 2))
+    assert holdout[("cacp", "global-l1")][1] == pytest.approx(t2 * sd * np.sqrt(1 / 2 + 1))
 
 
 def _rows(bn_noise: float, proxy_noise: float, n: int = 16) -> list:
