@@ -56,8 +56,8 @@ summed over the cells is lower; of several, the cheapest). The claim table sets
 the agents' picks beside uniform-l1 and global-l1 after the same fine-tune
 (holdout and test, mean over seeds), the differences with 95 % intervals from the
 seed-to-seed noise (Student's t, the noise pooled over the policies fine-tuned
-twice: 6 degrees of freedom with the defaults). The plot (``RESULTS/fidelity.png``) shows proxy against
-fine-tuned holdout, one panel per proxy.
+twice: 6 degrees of freedom with the defaults). The plot (``RESULTS/fidelity.png``)
+shows proxy against fine-tuned holdout, one panel per proxy.
 """
 
 from __future__ import annotations
@@ -545,7 +545,8 @@ def claim(rows: Sequence[PolicyResult], agents: Sequence[str]) -> list[tuple]:
                     continue
                 a, b = getattr(by[agent], metric), getattr(by[ref], metric)
                 diff = float(np.mean(a) - np.mean(b))
-                half = t.ppf(0.975, dof) * sd * math.sqrt(1 / len(a) + 1 / len(b)) if sd is not None else float("nan")
+                half = (t.ppf(0.975, dof) * sd * math.sqrt(1 / len(a) + 1 / len(b)) if sd is not None
+                        else float("nan"))
                 out.append((metric, agent, ref, float(np.mean(a)), float(np.mean(b)), diff, half, len(a), len(b)))
     return out
 
