@@ -7,8 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
+from .._device import resolve_device
 from .._io import reading
 from .._run_dir import RunDir
 from ..policy import Policy
@@ -26,13 +25,11 @@ def resume_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
     which "auto" still is): it resumes so, not under the bfloat16 autocast "auto" now means on some CPUs.
     """
     run = TrainingRunDir.open(run_dir, writing=False)
+    data = run.read_config()  # a mapping, or a clear error
+    recipe = data.get("recipe")
+    if isinstance(recipe, dict) and "precision" not in recipe:
+        recipe["precision"] = "auto" if resolve_device(data.get("device")).type == "cuda" else "float32"
     with reading(run.path / "config.yaml", "Training configuration", hint="Restore it from a copy of the run."):
-        data = run.read_config()
-        recipe = data.get("recipe")
-        if isinstance(recipe, dict) and "precision" not in recipe:
-            device = str(data.get("device") or "auto")
-            cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-            recipe["precision"] = "auto" if cuda else "float32"
         return TrainConfig.from_dict(data)
 
 
